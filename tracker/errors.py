@@ -1,0 +1,78 @@
+"""The project's one exception hierarchy.
+
+Every error a user can cause is a :class:`TrackerError` whose message names the fix.
+Driver errors are translated into these only where the code meets the database
+(:mod:`tracker.db`).
+"""
+from __future__ import annotations
+
+
+class TrackerError(Exception):
+    """Base class of every error the CLI reports as ``Error: ...`` with exit status 1."""
+
+    hint: str | None = None
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        if hint is not None:
+            self.hint = hint
+
+    def __str__(self) -> str:
+        base = super().__str__()
+        return f"{base}\nHint: {self.hint}" if self.hint else base
+
+
+class ConfigError(TrackerError):
+    """Bad settings, URLs or command-line combinations."""
+
+
+class SpecError(TrackerError):
+    """An experiment spec is malformed; the message names the field."""
+
+
+class DatabaseError(TrackerError):
+    """The database refused an operation or could not be reached."""
+
+
+class DatabaseUnavailable(DatabaseError):
+    """The database does not answer (connection refused, dropped, timed out)."""
+
+
+class SchemaOutOfDate(DatabaseError):
+    """The database is not at the head revision of our migrations."""
+
+
+class ReadOnlyViolation(DatabaseError):
+    """``tracker sql`` was asked to write."""
+
+
+class UnknownModelError(TrackerError):
+    """A model name is neither registered nor a local folder."""
+
+
+class UnknownExperimentError(TrackerError):
+    """No spec of that name and no such spec file."""
+
+
+class DatasetError(TrackerError):
+    """A dataset cannot be loaded (offline hub, missing local copy, bad rows)."""
+
+
+class DeviceError(TrackerError):
+    """A device was asked for that this machine does not have."""
+
+
+class SelfCheckFailed(TrackerError):
+    """A model failed the scorer's start-up invariant probes on this device."""
+
+
+class InputTooLongError(TrackerError):
+    """A sequence does not fit the model's context window."""
+
+
+class EmptyAnswerError(TrackerError):
+    """A sample's answer tokenizes to nothing, so there is no NLL to measure."""
+
+
+class LeaseLost(TrackerError):
+    """A worker's lease on a job was taken over; its result is discarded (fencing)."""
