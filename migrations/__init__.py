@@ -1,0 +1,1 @@
+"""Alembic migrations of the tracker schema (a package so it ships in the wheel)."""

@@ -1,0 +1,1 @@
+"""CLI commands, one module per area; each exports ``COMMANDS`` (see :mod:`tracker.cli`)."""

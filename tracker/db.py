@@ -1,0 +1,153 @@
+"""Engines, one-transaction-per-operation sessions and the schema check.
+
+This is where the code meets the database, so driver errors are translated into
+:mod:`tracker.errors` here and nowhere else.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+
+from sqlalchemy import Engine, create_engine, event, exc, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session
+
+from tracker.errors import DatabaseError, DatabaseUnavailable, SchemaOutOfDate
+from tracker.settings import redact_url, resolve_db_url
+
+SQLITE_BUSY_TIMEOUT_MS = 60_000
+_engines: dict[str, Engine] = {}
+
+
+def is_sqlite(url_or_engine: str | Engine) -> bool:
+    url = url_or_engine.url if isinstance(url_or_engine, Engine) else make_url(url_or_engine)
+    return url.get_backend_name() == "sqlite"
+
+
+def _sqlite_pragmas(dbapi_conn, _record) -> None:
+    # WAL lets readers and one writer share the file across processes on one host;
+    # the busy timeout makes a second writer wait instead of failing at once.
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.close()
+
+
+def create_tracker_engine(url: str) -> Engine:
+    """A new engine for ``url`` with our connection settings (not cached)."""
+    u = make_url(url)
+    if u.get_backend_name() == "sqlite":
+        engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
+        event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    if u.get_backend_name() == "postgresql" and u.get_driver_name() in ("psycopg2", ""):
+        # psycopg 3 is the driver we ship; plain postgresql:// would ask for psycopg2.
+        u = u.set(drivername="postgresql+psycopg")
+    return create_engine(u, pool_pre_ping=True, connect_args={"connect_timeout": 10})
+
+
+def get_engine(url: str | None = None, *, check_schema: bool = True) -> Engine:
+    """The process-wide engine for ``url`` (resolved like ``--db``), ready to use.
+
+    A fresh SQLite file is created and migrated on first use; any other database that is
+    not at the head revision is refused with a hint to run ``tracker db upgrade``.
+    """
+    url = resolve_db_url(url)
+    engine = _engines.get(url)
+    if engine is None:
+        engine = create_tracker_engine(url)
+        _engines[url] = engine
+        if check_schema:
+            ensure_schema(engine)
+    return engine
+
+
+def dispose_engines() -> None:
+    """Close every cached engine (tests, forked workers)."""
+    for engine in _engines.values():
+        engine.dispose()
+    _engines.clear()
+
+
+def _sqlite_file_is_new(engine: Engine) -> bool:
+    database = engine.url.database
+    if not database or database == ":memory:":
+        return True
+    return not os.path.exists(database) or os.path.getsize(database) == 0
+
+
+def ensure_schema(engine: Engine) -> None:
+    """Migrate a new SQLite file; refuse any database not at head."""
+    from tracker import migrate
+
+    if is_sqlite(engine) and _sqlite_file_is_new(engine):
+        migrate.upgrade(engine, "head")
+        return
+    current = migrate.current_revision(engine)
+    head = migrate.head_revision()
+    if current == head:
+        return
+    where = redact_url(str(engine.url))
+    if current is None:
+        raise SchemaOutOfDate(
+            f"The database {where} has no tracker schema.",
+            hint=f"run `tracker db upgrade` (with --db {where} if it is not your default)",
+        )
+    raise SchemaOutOfDate(
+        f"The database {where} is at schema revision {current}, this tracker needs {head}.",
+        hint=f"run `tracker db upgrade` (with --db {where} if it is not your default)",
+    )
+
+
+def translate_db_error(err: exc.DBAPIError | exc.OperationalError, where: str = "") -> DatabaseError:
+    """Map a driver error to ours; connection problems become :class:`DatabaseUnavailable`."""
+    msg = str(getattr(err, "orig", None) or err).strip()
+    if err.connection_invalidated or _looks_like_connection_error(msg):
+        return DatabaseUnavailable(
+            f"The database {where} does not answer: {msg}",
+            hint="check that the server is running and the URL (--db / TRACKER_DB) is right",
+        )
+    return DatabaseError(f"The database refused the operation: {msg}")
+
+
+def _looks_like_connection_error(msg: str) -> bool:
+    needles = (
+        "connection refused", "could not connect", "server closed the connection",
+        "terminating connection", "connection is closed", "connection failed",
+        "the connection is lost", "connection timeout", "no route to host",
+        "consuming input failed", "ssl syscall error", "unable to open database file",
+    )
+    low = msg.lower()
+    return any(n in low for n in needles)
+
+
+@contextlib.contextmanager
+def session_scope(engine: Engine) -> Iterator[Session]:
+    """One transaction: commit on success, roll back on error, always close.
+
+    Driver errors leave as :class:`tracker.errors.DatabaseError` subclasses.
+    """
+    session = Session(bind=engine, expire_on_commit=False)
+    try:
+        yield session
+        session.commit()
+    except exc.DBAPIError as err:
+        session.rollback()
+        raise translate_db_error(err, redact_url(str(engine.url))) from err
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()
+
+
+def ping(engine: Engine) -> None:
+    """Raise :class:`DatabaseUnavailable` unless the database answers."""
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+    except exc.DBAPIError as err:
+        raise translate_db_error(err, redact_url(str(engine.url))) from err

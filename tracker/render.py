@@ -1,0 +1,89 @@
+"""One renderer for tabular output (table, csv, json) and the click option that selects it."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from collections.abc import Sequence
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Any
+
+import click
+
+FORMATS = ("table", "csv", "json")
+
+
+def format_option(default: str = "table"):
+    """The shared ``--format`` option of every command that prints rows."""
+    return click.option(
+        "--format", "fmt", type=click.Choice(FORMATS), default=default, show_default=True,
+        help="Output format: an aligned table, CSV, or a JSON array of objects.",
+    )
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, (datetime, date)):
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        return float(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, (bytes, memoryview)):
+        return bytes(value).hex()
+    if hasattr(value, "item") and callable(value.item):  # numpy scalars
+        return value.item()
+    return value
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, default=str)
+    return str(value)
+
+
+def render_rows(columns: Sequence[str], rows: Sequence[Sequence[Any]], fmt: str = "table") -> str:
+    """Render ``rows`` (sequences aligned with ``columns``) as text; no trailing newline."""
+    if fmt == "json":
+        return json.dumps([{c: _jsonable(v) for c, v in zip(columns, row)} for row in rows], default=str)
+    if fmt == "csv":
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow(columns)
+        for row in rows:
+            writer.writerow(["" if v is None else _jsonable(v) for v in row])
+        return buf.getvalue().rstrip("\n")
+    if fmt == "table":
+        cells = [[_cell(v) for v in row] for row in rows]
+        widths = [len(c) for c in columns]
+        for row in cells:
+            widths = [max(w, len(v)) for w, v in zip(widths, row)]
+        numeric = [all(isinstance(r[i], (int, float)) or r[i] is None for r in rows) and rows for i in range(len(columns))]
+
+        def line(values: Sequence[str]) -> str:
+            parts = [v.rjust(w) if num else v.ljust(w) for v, w, num in zip(values, widths, numeric)]
+            return "  ".join(parts).rstrip()
+
+        out = [line(list(columns)), "  ".join("-" * w for w in widths)]
+        out += [line(r) for r in cells]
+        return "\n".join(out)
+    raise click.BadParameter(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+
+
+def render_records(records: Sequence[dict[str, Any]], fmt: str = "table", columns: Sequence[str] | None = None) -> str:
+    """Render a list of dicts (all with the same keys, or the given ``columns``)."""
+    if columns is None:
+        columns = list(records[0].keys()) if records else []
+    return render_rows(columns, [[r.get(c) for c in columns] for r in records], fmt)
+
+
+def render_frame(frame, fmt: str = "table") -> str:
+    """Render a pandas DataFrame with the same renderer."""
+    cols = [str(c) for c in frame.columns]
+    rows = [[None if (isinstance(v, float) and math.isnan(v)) else v for v in row] for row in frame.itertuples(index=False, name=None)]
+    return render_rows(cols, rows, fmt)
