@@ -59,9 +59,13 @@ def get_engine(url: str | None = None, *, check_schema: bool = True) -> Engine:
     engine = _engines.get(url)
     if engine is None:
         engine = create_tracker_engine(url)
-        _engines[url] = engine
         if check_schema:
-            ensure_schema(engine)
+            try:
+                ensure_schema(engine)
+            except BaseException:
+                engine.dispose()
+                raise
+        _engines[url] = engine
     return engine
 
 

@@ -76,6 +76,9 @@ def _run_postgres(url: str, query: str) -> QueryResult:
         with conn.cursor() as cur:
             cur.execute("SET statement_timeout = '10min'")
             cur.execute("SET default_transaction_read_only = on")
+            # Take the transaction's snapshot now, so that a later `SET TRANSACTION READ
+            # WRITE` is refused by the server ("must be set before any query").
+            cur.execute("SELECT 1")
             try:
                 # prepare=True: extended protocol, one statement only ("cannot insert
                 # multiple commands into a prepared statement").
