@@ -1,0 +1,1 @@
+"""The worker side of tracker: everything that touches a model (registry, backends, scoring)."""
