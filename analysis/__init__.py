@@ -1,0 +1,2 @@
+"""Statistics, reports, figures and MLflow logging for tracker experiments."""
+from __future__ import annotations

@@ -1,0 +1,216 @@
+"""SQL to pandas: the rows an analysis reads, in as few round trips as possible.
+
+Everything comes through the stable ``results`` view (one row per experiment run x scoring
+job, ``nll`` NULL until scored) plus three narrow side queries: answer texts, per-score
+odd/even token means from ``token_nlls`` and stored stage selections.
+"""
+from __future__ import annotations
+
+import json
+import re
+
+import pandas as pd
+from sqlalchemy import Engine, exc, text
+
+from tracker.errors import DatabaseError, UnknownExperimentError
+
+RESULT_COLUMNS = [
+    "experiment", "run_id", "stage", "dataset", "sample_id", "condition", "model", "mode",
+    "nll", "n_tokens", "scorer_version", "status", "job_id", "score_id", "answer",
+]
+
+_RESULTS_SQL = text(
+    """
+    SELECT r.experiment, r.run_id, r.stage, r.dataset, r.sample_id, r.condition, r.model, r.mode,
+           r.nll, r.n_tokens, r.scorer_version, r.status, r.job_id, r.score_id, s.answer
+    FROM results r
+    JOIN samples s ON s.id = r.sample_id
+    WHERE r.experiment = :experiment AND r.run_id = :run_id
+    """
+)
+
+_LATEST_RUN_SQL = text(
+    """
+    SELECT max(er.id) FROM experiment_runs er
+    JOIN experiments e ON e.id = er.experiment_id
+    WHERE e.name = :experiment
+    """
+)
+
+_RUN_EXISTS_SQL = text(
+    """
+    SELECT er.id FROM experiment_runs er
+    JOIN experiments e ON e.id = er.experiment_id
+    WHERE e.name = :experiment AND er.id = :run_id
+    """
+)
+
+# Mean NLL of the odd and of the even answer positions (0-based) of every score in a run;
+# aggregated in SQL so that token rows never cross the wire one by one.
+_PARITY_SQL = text(
+    """
+    SELECT t.score_id AS score_id, t.position % 2 AS parity, AVG(t.nll) AS nll, COUNT(*) AS n_tokens
+    FROM token_nlls t
+    WHERE t.score_id IN (
+        SELECT sc.id FROM scores sc JOIN run_jobs rj ON rj.job_id = sc.job_id WHERE rj.run_id = :run_id
+    )
+    GROUP BY t.score_id, t.position % 2
+    """
+)
+
+_SELECTIONS_SQL = text(
+    """
+    SELECT sel.id AS selection_id, sel.stage AS stage, sel.dataset AS dataset, sel.rule AS rule,
+           m.sample_id AS sample_id, m.score_id AS score_id, m.rank AS rank, m.value AS value
+    FROM selections sel
+    JOIN selection_members m ON m.selection_id = sel.id
+    WHERE sel.run_id = :run_id
+    """
+)
+
+
+def _query(engine: Engine, sql, params: dict, columns: list[str] | None = None) -> pd.DataFrame:
+    """Run one query into a DataFrame; driver errors leave as :class:`DatabaseError`."""
+    try:
+        with engine.connect() as conn:
+            result = conn.execute(sql, params)
+            rows = result.fetchall()
+            names = list(result.keys())
+    except exc.DBAPIError as err:
+        from tracker.db import translate_db_error
+
+        raise translate_db_error(err, engine.url.render_as_string(hide_password=True)) from err
+    frame = pd.DataFrame.from_records(rows, columns=names)
+    return frame if columns is None else frame[columns]
+
+
+def resolve_run_id(engine: Engine, experiment: str, run_id: int | None = None) -> int:
+    """The given run (checked to belong to ``experiment``), else the experiment's latest run."""
+    if run_id is not None:
+        found = _query(engine, _RUN_EXISTS_SQL, {"experiment": experiment, "run_id": int(run_id)})
+        if found.empty:
+            raise UnknownExperimentError(
+                f"Run {run_id} is not a run of experiment {experiment!r}.",
+                hint=f"list its runs with `tracker status {experiment}` or omit the run id",
+            )
+        return int(run_id)
+    latest = _query(engine, _LATEST_RUN_SQL, {"experiment": experiment}).iloc[0, 0]
+    if latest is None or pd.isna(latest):
+        raise UnknownExperimentError(
+            f"The database has no run of experiment {experiment!r}.",
+            hint=f"enqueue it first with `tracker enqueue {experiment}`",
+        )
+    return int(latest)
+
+
+def load_results(engine: Engine, experiment: str, run_id: int) -> pd.DataFrame:
+    """All ``results`` rows of one experiment run, with each sample's answer text."""
+    frame = _query(engine, _RESULTS_SQL, {"experiment": experiment, "run_id": int(run_id)}, RESULT_COLUMNS)
+    return normalize_results(frame)
+
+
+def normalize_results(frame: pd.DataFrame) -> pd.DataFrame:
+    """Uniform dtypes whatever the driver returned (enum statuses, Decimal, None)."""
+    frame = frame.copy()
+    for col in ("nll",):
+        frame[col] = pd.to_numeric(frame[col], errors="coerce").astype(float)
+    for col in ("run_id", "stage", "sample_id", "job_id"):
+        frame[col] = pd.to_numeric(frame[col], errors="coerce").astype("int64")
+    for col in ("n_tokens", "score_id"):
+        frame[col] = pd.to_numeric(frame[col], errors="coerce").astype("Int64")
+    frame["status"] = frame["status"].map(lambda s: getattr(s, "value", s)).astype(str)
+    for col in ("experiment", "dataset", "condition", "model", "mode", "scorer_version"):
+        frame[col] = frame[col].fillna("").astype(str)
+    if "answer" not in frame:
+        frame["answer"] = ""
+    return frame
+
+
+def load_token_parity(engine: Engine, run_id: int) -> pd.DataFrame:
+    """Per score: mean NLL of odd and even answer positions (0-based) and their counts.
+
+    Columns: ``score_id, nll_odd, nll_even, n_odd, n_even``.
+    """
+    raw = _query(engine, _PARITY_SQL, {"run_id": int(run_id)})
+    return parity_frame(raw)
+
+
+def parity_frame(raw: pd.DataFrame) -> pd.DataFrame:
+    """Wide odd/even frame from long (score_id, parity, nll, n_tokens) rows."""
+    cols = ["score_id", "nll_odd", "nll_even", "n_odd", "n_even"]
+    if raw.empty:
+        return pd.DataFrame(columns=cols)
+    raw = raw.astype({"score_id": "int64", "parity": "int64", "nll": float, "n_tokens": "int64"})
+    wide = raw.pivot(index="score_id", columns="parity", values=["nll", "n_tokens"])
+    out = pd.DataFrame(
+        {
+            "score_id": wide.index.to_numpy(),
+            "nll_odd": wide.get(("nll", 1), pd.Series(float("nan"), index=wide.index)).to_numpy(dtype=float),
+            "nll_even": wide.get(("nll", 0), pd.Series(float("nan"), index=wide.index)).to_numpy(dtype=float),
+            "n_odd": wide.get(("n_tokens", 1), pd.Series(0, index=wide.index)).fillna(0).to_numpy(dtype="int64"),
+            "n_even": wide.get(("n_tokens", 0), pd.Series(0, index=wide.index)).fillna(0).to_numpy(dtype="int64"),
+        }
+    )
+    return out[cols]
+
+
+def load_selections(engine: Engine, run_id: int) -> pd.DataFrame:
+    """Stored stage selections of a run, one row per member.
+
+    Columns: ``selection_id, stage, dataset, rule (dict), sample_id, score_id, rank, value``.
+    """
+    frame = _query(engine, _SELECTIONS_SQL, {"run_id": int(run_id)})
+    if frame.empty:
+        return frame
+    frame["rule"] = frame["rule"].map(_as_dict)
+    return frame.astype({"stage": "int64", "sample_id": "int64", "rank": "int64", "value": float})
+
+
+def _as_dict(value) -> dict:
+    if isinstance(value, dict):
+        return value
+    if isinstance(value, (str, bytes)) and value:
+        try:
+            parsed = json.loads(value)
+        except ValueError:
+            return {"rule": value}
+        return parsed if isinstance(parsed, dict) else {"rule": parsed}
+    return {}
+
+
+def version_key(version: str) -> tuple:
+    """Natural sort key: "v10" > "v9", "1.10" > "1.9"; numbers before words at each place."""
+    parts = re.findall(r"\d+|[A-Za-z]+", version or "")
+    return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in parts) + ((2, 0, version or ""),)
+
+
+def keep_newest_scorer(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Keep, per (model, mode), only rows of the newest scorer version.
+
+    Returns (kept rows, a table of what was kept and dropped) so the report can say which
+    version it analysed; scores of different scorer versions never mix.
+    """
+    rows = []
+    keep = pd.Series(False, index=frame.index)
+    for (model, mode), group in frame.groupby(["model", "mode"], sort=True):
+        versions = sorted(group["scorer_version"].unique(), key=version_key)
+        newest = versions[-1]
+        is_newest = group["scorer_version"] == newest
+        keep.loc[group.index[is_newest.to_numpy()]] = True
+        dropped = group[~is_newest]
+        rows.append(
+            {
+                "model": model,
+                "mode": mode,
+                "scorer_version": newest,
+                "older_versions": ", ".join(versions[:-1]),
+                "rows_kept": int(is_newest.sum()),
+                "rows_dropped": int(len(dropped)),
+                "scores_dropped": int(dropped["nll"].notna().sum()),
+            }
+        )
+    table = pd.DataFrame(
+        rows,
+        columns=["model", "mode", "scorer_version", "older_versions", "rows_kept", "rows_dropped", "scores_dropped"],
+    )
+    return frame[keep].copy(), table

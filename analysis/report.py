@@ -1,0 +1,391 @@
+"""Per-experiment reports: a plan dict and the results rows in, tables out.
+
+:func:`build_report` is pure (DataFrames in, :class:`AnalysisReport` out) so it is tested
+without a database; :func:`analyze_experiment` adds the SQL loading.
+"""
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+from sqlalchemy import Engine
+
+from analysis import load, tables
+from analysis.plan import AnalysisPlan, normalize_plan
+from analysis.tables import EFFECT_COLUMNS, HARDNESS_COLUMNS, Settings
+from analysis.views import ModeView, build_views
+
+CONVENTIONS = (
+    "delta = NLL(reference) - NLL(C), positive = C helps; d = mean(delta)/sd(delta, ddof=1); "
+    "win = share with NLL(C) < NLL(reference), ties no win; marks from the uncorrected two-sided "
+    "paired t-test (*** <0.001, ** <0.01, * <0.05); p_holm = Holm across the conditions of one "
+    "table and dataset; Wilcoxon two-sided, zeros dropped; pooled = all datasets' per-sample "
+    "deltas concatenated; CI = percentile bootstrap of d; only complete pairs count."
+)
+
+
+@dataclass
+class AnalysisReport:
+    """Every table of one experiment run's analysis, plus what was missing and why."""
+
+    experiment: str
+    run_id: int | None
+    tables: dict[str, pd.DataFrame]
+    effects: pd.DataFrame
+    missing: pd.DataFrame
+    notes: list[str] = field(default_factory=list)
+    info: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        """JSON-ready: NaN and inf become null, numpy scalars plain numbers."""
+        return {
+            "experiment": self.experiment,
+            "run_id": self.run_id,
+            "info": _json_safe(self.info),
+            "notes": list(self.notes),
+            "effects": frame_records(self.effects),
+            "missing": frame_records(self.missing),
+            "tables": {name: frame_records(t) for name, t in self.tables.items() if name not in ("effects", "missing")},
+        }
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
+
+    def render_text(self) -> str:
+        from analysis.render import render_report
+
+        return render_report(self)
+
+    def mlflow_params(self) -> dict:
+        """What the report itself knows for MLflow params (models, N, seed, scorer versions)."""
+        info = self.info
+        return {
+            "experiment": self.experiment,
+            "run_id": self.run_id,
+            "models": ",".join(info.get("models", [])),
+            "modes": ",".join(info.get("modes", [])),
+            "datasets": ",".join(info.get("datasets", [])),
+            "n_samples": info.get("n_samples"),
+            "n_per_dataset": json.dumps(info.get("n_per_dataset", {}), sort_keys=True),
+            "seed": info.get("seed"),
+            "bootstrap": info.get("bootstrap"),
+            "scorer_version": ",".join(sorted(set(info.get("scorer_versions", {}).values()))),
+            "reference": info.get("reference"),
+        }
+
+
+def _json_safe(value):
+    if isinstance(value, Mapping):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, (np.bool_, bool)):
+        return bool(value)
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
+    if value is pd.NA or value is pd.NaT:
+        return None
+    return value
+
+
+def frame_records(frame: pd.DataFrame) -> list[dict]:
+    """DataFrame rows as JSON-safe dicts (no NaN: missing values are null)."""
+    return [_json_safe(rec) for rec in frame.astype(object).where(frame.notna(), None).to_dict("records")]
+
+
+def _frame(rows: list[dict], columns: list[str] | None = None) -> pd.DataFrame:
+    frame = pd.DataFrame(rows, columns=columns) if columns else pd.DataFrame(rows)
+    return frame
+
+
+def _effect_pairs(view: ModeView, plan: AnalysisPlan) -> list[tuple[str, str]]:
+    """Each own condition against the reference, then against every further reference."""
+    pairs = []
+    for ref in (plan.reference, *plan.references):
+        if ref not in view.nll and view.resolve(ref) is None:
+            continue
+        pairs += [(c, ref) for c in view.conditions if c != ref and c not in view.borrowed]
+    return pairs
+
+
+def _independent_hardness(view: ModeView, plan: AnalysisPlan, parity: pd.DataFrame | None) -> tuple[str, np.ndarray, dict] | None:
+    """(measure, hardness, deltas) measured independently of the evaluated NLL, or None."""
+    ref = plan.reference
+    choice = plan.hardness_independent
+    conds = [c for c in view.conditions if c not in (ref, "bare_nl")]
+    if choice in ("auto", "bare_nl") and "bare_nl" in view.nll and ref in view.nll:
+        deltas = {c: view.nll[ref] - view.nll[c] for c in conds}
+        return "bare_nl", view.nll["bare_nl"], deltas
+    if choice in ("auto", "odd_even") and parity is not None and not parity.empty and ref in view.nll:
+        odd = parity.set_index("score_id")["nll_odd"]
+        even = parity.set_index("score_id")["nll_even"]
+
+        def per_sample(series: pd.Series, cond: str) -> np.ndarray:
+            return series.reindex(view.score_id[cond]).to_numpy(dtype=float)  # [samples], NaN = none
+
+        ref_even = per_sample(even, ref)
+        deltas = {c: ref_even - per_sample(even, c) for c in conds if c in view.score_id}
+        return "odd_even", per_sample(odd, ref), deltas
+    return None
+
+
+@dataclass
+class _Collector:
+    """Rows of every table, gathered view by view."""
+
+    rows: dict[str, list[dict]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    done: set = field(default_factory=set)
+
+    def add(self, name: str, rows: list[dict]) -> None:
+        self.rows.setdefault(name, []).extend(rows)
+
+    def note(self, text: str) -> None:
+        if text not in self.notes:
+            self.notes.append(text)
+
+
+def _analyse_view(view: ModeView, plan: AnalysisPlan, out: _Collector, settings: Settings, *, parity, selections) -> None:
+    """Every table the plan asks for, for one (model, mode)."""
+    ref = plan.reference
+    where = f"{view.model}/{view.mode}"
+    if ref not in view.nll:
+        out.note(f"{where}: no '{ref}' scores, so no comparisons against it.")
+    pairs = _effect_pairs(view, plan)
+    out.add("effects", tables.effect_rows(view, pairs, table="main", settings=settings))
+    own = [c for c in view.conditions if c != ref]
+    if ref in view.nll:
+        deltas = {c: view.nll[ref] - view.nll[c] for c in own}
+        out.add(
+            "hardness",
+            tables.hardness_rows(view, measure=ref, reference=ref, hardness=view.nll[ref], deltas=deltas, bins=plan.hardness_bins),
+        )
+        independent = _independent_hardness(view, plan, parity)
+        if independent is not None:
+            measure, hardness, ind_deltas = independent
+            out.add(
+                "hardness",
+                tables.hardness_rows(
+                    view, measure=measure, reference=ref, hardness=hardness, deltas=ind_deltas, bins=plan.hardness_bins
+                ),
+            )
+        elif plan.hardness_independent != "none":
+            out.note(f"{where}: no independent hardness (no bare_nl scores and no token NLLs).")
+    ranked = ([ref] if ref in view.nll else []) + own
+    if len(ranked) >= 2:
+        out.add("ranking", tables.ranking_rows(view, ranked))
+
+    population, pop_mask = "all", None
+    if plan.hard_selection is not None:
+        by = plan.hard_selection.by
+        if view.resolve(by) is None:
+            out.note(f"{where}: hard selection by '{by}' impossible: no such scores.")
+        else:
+            stored = None
+            if selections is not None and not selections.empty:
+                stored = selections[selections["stage"] == plan.hard_selection.stage]
+            pop_mask, sel_rows = tables.hard_mask(view, by, plan.hard_selection.fraction, stored)
+            population = "hard"
+            out.add("hard_selection", sel_rows)
+            out.add("effects", tables.effect_rows(view, pairs, table="hard", population="hard", mask=pop_mask, settings=settings))
+
+    sem = plan.semantic_reference
+    if sem:
+        if view.resolve(sem) is None:
+            out.note(f"{where}: semantic reference '{sem}' has no scores.")
+        else:
+            sem_pairs = [(c, sem) for c in own if c != sem and c not in view.borrowed]
+            out.add(
+                "effects",
+                tables.effect_rows(view, sem_pairs, table="semantic", population=population, mask=pop_mask, settings=settings),
+            )
+
+    if plan.gradient:
+        order = [c for c in plan.gradient if view.resolve(c) is not None]
+        absent = [c for c in plan.gradient if c not in order]
+        if absent:
+            out.note(f"{where}: gradient conditions without scores: {', '.join(absent)}.")
+        if len(order) >= 2 and view.resolve(ref) is not None:
+            summary, values = tables.gradient_rows(view, order, ref, population=population, mask=pop_mask)
+            out.add("gradient", summary)
+            out.add("gradient_values", values)
+
+    structural = plan.structural or ("random_tokens", "oracle")
+    explicit = plan.structural is not None and "structural" in plan.raw
+    have = all(view.resolve(x) is not None for x in (ref, *structural))
+    if have:
+        out.add("structural", tables.structural_rows(view, ref, *structural, settings=settings))
+    elif explicit:
+        out.note(f"{where}: structural fraction needs scores of {ref}, {structural[0]} and {structural[1]}.")
+
+    contrasts = tables.comparison_pairs(view, plan.contrasts)
+    if contrasts:
+        out.add("effects", tables.effect_rows(view, contrasts, table="comparison", settings=settings))
+
+    for design in plan.factorials:
+        # a design naming condition@mode cells spans modes: compute it once per model
+        spans_modes = all("@" in name for row in design.cells for name in row)
+        if spans_modes and (view.model, design.name) in out.done:
+            continue
+        rows = tables.factorial_rows(view, design, settings=settings)
+        if rows:
+            if spans_modes:
+                out.done.add((view.model, design.name))
+                for row in rows:
+                    row["mode"] = "*"
+            out.add("factorial", rows)
+
+    if plan.length_bins and ref in view.nll:
+        for label, mask in tables.length_bin_masks(view, plan.length_bins):
+            rows = tables.effect_rows(view, pairs, table=f"length {label}", population=label, mask=mask, settings=Settings(0, settings.seed))
+            for row in rows:
+                row["answer_words"] = label
+            out.add("answer_length", rows)
+            if have:
+                srows = tables.structural_rows(
+                    view, ref, *structural, settings=settings, mask=mask, extra={"answer_words": label}
+                )
+                out.add("answer_length_structural", srows)
+
+
+def build_report(
+    results: pd.DataFrame,
+    plan: Mapping | AnalysisPlan | None,
+    *,
+    experiment: str,
+    run_id: int | None = None,
+    token_parity: pd.DataFrame | None = None,
+    selections: pd.DataFrame | None = None,
+    bootstrap: int = 1000,
+    seed: int = 0,
+) -> AnalysisReport:
+    """Analyse the ``results`` rows of one experiment run as the plan says.
+
+    ``results`` has the ``results`` view's columns plus ``answer``; ``token_parity`` is
+    :func:`analysis.load.load_token_parity`'s frame, ``selections`` :func:`load.load_selections`'.
+    """
+    plan = normalize_plan(plan)
+    settings = Settings(bootstrap=int(bootstrap), seed=int(seed))
+    frame = load.normalize_results(results) if len(results) else load.normalize_results(
+        pd.DataFrame(columns=load.RESULT_COLUMNS)
+    )
+    kept, versions = load.keep_newest_scorer(frame)
+    views, duplicates = build_views(
+        kept, reference=plan.reference, condition_order=plan.conditions, dataset_order=plan.datasets
+    )
+    out = _Collector()
+    for row in versions.itertuples():
+        if row.rows_dropped:
+            out.note(
+                f"{row.model}/{row.mode}: analysed scorer version {row.scorer_version!r}; dropped "
+                f"{row.rows_dropped} rows ({row.scores_dropped} scores) of older versions {row.older_versions}."
+            )
+    if duplicates:
+        out.note(f"{duplicates} duplicate scores of one (sample, condition) dropped; the latest was kept.")
+    if not views:
+        out.note("No scores yet: nothing to analyse.")
+    for view in views:
+        _analyse_view(view, plan, out, settings, parity=token_parity, selections=selections)
+
+    effects = _frame(out.rows.get("effects", []), EFFECT_COLUMNS)
+    missing = _frame(tables.missing_rows(kept, views, plan.reference))
+    result_tables: dict[str, pd.DataFrame] = {"effects": effects}
+    for name, rows in out.rows.items():
+        if name == "effects":
+            continue
+        result_tables[name] = _frame(rows, HARDNESS_COLUMNS if name == "hardness" else None)
+    consistency = tables.sign_consistency_rows(effects) if not effects.empty else []
+    if consistency:
+        result_tables["sign_consistency"] = _frame(consistency)
+        _consistency_notes(result_tables["sign_consistency"], out)
+    result_tables["missing"] = missing
+    result_tables["scorer_versions"] = versions
+    _missing_notes(missing, plan.reference, out)
+
+    datasets = sorted({ds for v in views for ds in v.datasets}, key=lambda d: (plan.datasets.index(d) if d in plan.datasets else len(plan.datasets), d))
+    per_ds = kept.groupby("dataset")["sample_id"].nunique().to_dict() if len(kept) else {}
+    info = {
+        "reference": plan.reference,
+        "models": sorted(kept["model"].unique().tolist()) if len(kept) else [],
+        "modes": sorted(kept["mode"].unique().tolist()) if len(kept) else [],
+        "datasets": datasets,
+        "conditions": sorted(kept["condition"].unique().tolist()) if len(kept) else [],
+        "n_samples": int(kept["sample_id"].nunique()) if len(kept) else 0,
+        "n_per_dataset": {str(k): int(v) for k, v in per_ds.items()},
+        "n_scores": int(kept["nll"].notna().sum()) if len(kept) else 0,
+        "n_jobs": int(len(kept)),
+        "scorer_versions": {f"{r.model}/{r.mode}": r.scorer_version for r in versions.itertuples()},
+        "bootstrap": settings.bootstrap,
+        "seed": settings.seed,
+        "conventions": CONVENTIONS,
+        "plan": plan.raw,
+    }
+    return AnalysisReport(
+        experiment=experiment, run_id=run_id, tables=result_tables, effects=effects, missing=missing, notes=out.notes, info=info
+    )
+
+
+def _consistency_notes(table: pd.DataFrame, out: _Collector) -> None:
+    for (name, model, mode, ref), group in table.groupby(["table", "model", "mode", "reference"], sort=False):
+        n_ds = int(group["n_datasets"].max())
+        out.note(
+            f"{name} vs {ref} ({model}/{mode}): {int(group['consistent'].sum())}/{len(group)} conditions have the "
+            f"same sign across all {n_ds} datasets."
+        )
+
+
+def _missing_notes(missing: pd.DataFrame, reference: str, out: _Collector) -> None:
+    if missing.empty:
+        return
+    lacking = missing[missing["dropped"] > 0]
+    if lacking.empty:
+        out.note("Complete: every job is scored and paired with its reference.")
+        return
+    grouped = lacking.groupby(["model", "mode", "condition"], sort=False)
+    parts = []
+    for (model, mode, cond), group in grouped:
+        status = {s: int(group[f"unscored_{s}"].sum()) for s in ("pending", "blocked", "running", "failed")}
+        status_text = ", ".join(f"{v} {k}" for k, v in status.items() if v)
+        lack = group["lacking_reference"].dropna().sum()
+        extra = f", {int(lack)} without {reference}" if lack else ""
+        parts.append(f"{cond} ({mode}) {int(group['dropped'].sum())}/{int(group['jobs'].sum())} [{status_text}{extra}]")
+    out.note("Incomplete: samples dropped for missing scores: " + "; ".join(parts) + ".")
+
+
+def analyze_experiment(
+    engine: Engine,
+    experiment: str,
+    plan: Mapping | AnalysisPlan | None,
+    *,
+    run_id: int | None = None,
+    bootstrap: int = 1000,
+    seed: int = 0,
+) -> AnalysisReport:
+    """Load one run of ``experiment`` (default: its latest) from the database and analyse it."""
+    plan = normalize_plan(plan)
+    run_id = load.resolve_run_id(engine, experiment, run_id)
+    results = load.load_results(engine, experiment, run_id)
+    parity = None
+    if plan.hardness_independent in ("auto", "odd_even") and not _has_condition(results, "bare_nl", plan):
+        parity = load.load_token_parity(engine, run_id)
+    selections = load.load_selections(engine, run_id) if plan.hard_selection is not None else None
+    return build_report(
+        results, plan, experiment=experiment, run_id=run_id, token_parity=parity, selections=selections,
+        bootstrap=bootstrap, seed=seed,
+    )
+
+
+def _has_condition(results: pd.DataFrame, name: str, plan: AnalysisPlan) -> bool:
+    """bare_nl scored for every (model, mode) that has the reference: no token data needed."""
+    if plan.hardness_independent == "odd_even":
+        return False
+    scored = results[results["nll"].notna()]
+    with_ref = scored.loc[scored["condition"] == plan.reference, ["model", "mode"]].drop_duplicates()
+    with_nl = scored.loc[scored["condition"] == name, ["model", "mode"]].drop_duplicates()
+    return len(with_ref) > 0 and len(with_ref.merge(with_nl)) == len(with_ref)
