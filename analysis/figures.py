@@ -1,0 +1,238 @@
+"""Figures for a report: forest plots of d, hardness heatmaps and the per-experiment plots.
+
+Built with matplotlib's object API on the Agg canvas (``matplotlib.figure.Figure``), so no
+pyplot state or GUI backend is touched and figures are safe in workers and tests.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from analysis.views import POOLED
+
+if TYPE_CHECKING:
+    from analysis.report import AnalysisReport
+
+DPI = 100
+
+
+def _new_figure(width: float, height: float) -> Figure:
+    fig = Figure(figsize=(width, height), dpi=DPI)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _fit(fig: Figure, *, left_labels=(), bottom: float = 0.6, top: float = 0.4, right: float = 0.25, wspace: float | None = None) -> None:
+    """Margins from the label lengths (in inches); much cheaper than ``tight_layout``."""
+    width, height = fig.get_size_inches()
+    left = 0.3 + 0.068 * max((len(str(label)) for label in left_labels), default=4)
+    fig.subplots_adjust(
+        left=min(left / width, 0.6), right=1 - right / width, bottom=min(bottom / height, 0.45),
+        top=1 - min(top / height, 0.3), wspace=wspace,
+    )
+
+
+def _slug(*parts: str) -> str:
+    return "_".join(re.sub(r"[^A-Za-z0-9._-]+", "-", str(p)).strip("-") for p in parts if p)
+
+
+def _scopes(frame: pd.DataFrame) -> list[tuple[str, str, pd.DataFrame]]:
+    """(model, mode, rows) per scope; a scope suffix is only needed when there are several."""
+    if frame.empty:
+        return []
+    return [(str(model), str(mode), group) for (model, mode), group in frame.groupby(["model", "mode"], sort=False)]
+
+
+def _summary(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame[frame["dataset"] == POOLED] if (frame["dataset"] == POOLED).any() else frame
+
+
+def forest_plot(effects: pd.DataFrame, title: str) -> Figure:
+    """d with its bootstrap CI per condition, one marker per dataset, pooled as a diamond."""
+    conditions = list(dict.fromkeys(effects["condition"]))
+    datasets = list(dict.fromkeys(effects["dataset"]))
+    fig = _new_figure(7.5, 0.9 + 0.38 * len(conditions) * max(1, min(len(datasets), 3)) ** 0.5)
+    ax = fig.add_subplot()
+    step = 0.8 / max(len(datasets), 1)
+    for k, ds in enumerate(datasets):
+        rows = effects[effects["dataset"] == ds].set_index("condition").reindex(conditions)
+        y = np.arange(len(conditions)) + (k - (len(datasets) - 1) / 2) * step
+        d = rows["d"].astype(float).to_numpy()
+        lo = rows["ci_low"].astype(float).to_numpy()
+        hi = rows["ci_high"].astype(float).to_numpy()
+        err = np.vstack([np.where(np.isfinite(lo), d - lo, 0), np.where(np.isfinite(hi), hi - d, 0)])
+        pooled = ds == POOLED
+        ax.errorbar(
+            d, y, xerr=np.nan_to_num(err), fmt="D" if pooled else "o", ms=6 if pooled else 4, capsize=2,
+            color="black" if pooled else None, label=ds, lw=1.2 if pooled else 0.8,
+        )
+    ax.axvline(0, color="grey", lw=0.8, ls="--")
+    ax.set_yticks(np.arange(len(conditions)), conditions)
+    ax.invert_yaxis()
+    ax.set_xlabel("Cohen's d of paired deltas (positive = condition helps), 95% bootstrap CI")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=7, loc="best")
+    _fit(fig, left_labels=conditions)
+    return fig
+
+
+def heatmap(matrix: pd.DataFrame, title: str, xlabel: str, ax=None, fig: Figure | None = None) -> Figure:
+    """Diverging heatmap of d (rows conditions, columns bins), value printed in each cell."""
+    standalone = ax is None
+    if ax is None:
+        fig = _new_figure(2.5 + 0.9 * matrix.shape[1], 1.2 + 0.35 * matrix.shape[0])
+        ax = fig.add_subplot()
+    values = matrix.to_numpy(dtype=float)
+    finite = values[np.isfinite(values)]
+    vmax = float(np.abs(finite).max()) if finite.size else 1.0
+    image = ax.imshow(np.ma.masked_invalid(values), cmap="RdBu", vmin=-vmax or -1, vmax=vmax or 1, aspect="auto")
+    ax.set_xticks(range(matrix.shape[1]), [str(c) for c in matrix.columns])
+    ax.set_yticks(range(matrix.shape[0]), [str(r) for r in matrix.index])
+    for (i, j), v in np.ndenumerate(values):
+        if np.isfinite(v):
+            ax.text(j, i, f"{v:+.2f}", ha="center", va="center", fontsize=7)
+    ax.set_xlabel(xlabel)
+    ax.set_title(title, fontsize=9)
+    fig.colorbar(image, ax=ax, shrink=0.8, label="d")
+    if standalone:
+        _fit(fig, left_labels=matrix.index, right=0.2)
+    return fig
+
+
+def hardness_figure(hardness: pd.DataFrame, title: str) -> Figure:
+    """One heatmap per hardness measure, side by side (selection-based vs independent)."""
+    measures = list(dict.fromkeys(hardness["measure"]))
+    conditions = list(dict.fromkeys(hardness["condition"]))
+    fig = _new_figure(1.5 + 5.0 * len(measures), 1.4 + 0.35 * len(conditions))
+    for k, measure in enumerate(measures):
+        rows = _summary(hardness[hardness["measure"] == measure])
+        matrix = rows.pivot_table(index="condition", columns="quintile", values="d", aggfunc="first", sort=False)
+        matrix = matrix.reindex(conditions)
+        ax = fig.add_subplot(1, len(measures), k + 1)
+        heatmap(matrix, f"quintiles of {measure} (Q5 hardest)", "hardness quintile", ax=ax, fig=fig)
+        if k:
+            ax.set_yticklabels([])
+    fig.suptitle(title, fontsize=10)
+    _fit(fig, left_labels=conditions, top=0.7, wspace=0.15)
+    return fig
+
+
+def gradient_figure(values: pd.DataFrame, summary: pd.DataFrame, title: str) -> Figure:
+    """Mean delta along the spec's semantic order, one line per dataset, rho in the legend."""
+    fig = _new_figure(7.5, 4.0)
+    ax = fig.add_subplot()
+    order = list(dict.fromkeys(values.sort_values("position")["condition"]))
+    for ds, rows in values.groupby("dataset", sort=False):
+        rows = rows.sort_values("position")
+        rho = summary.loc[summary["dataset"] == ds, "rho"]
+        label = f"{ds} (rho={rho.iloc[0]:+.2f})" if len(rho) and pd.notna(rho.iloc[0]) else str(ds)
+        ax.plot(rows["position"], rows["mean_delta"].astype(float), marker="o", label=label)
+    ax.axhline(0, color="grey", lw=0.8, ls="--")
+    ax.set_xticks(range(1, len(order) + 1), order, rotation=30, ha="right")
+    ax.set_ylabel("mean delta vs reference")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=7)
+    _fit(fig, bottom=1.1)
+    return fig
+
+
+def structural_figure(structural: pd.DataFrame, title: str) -> Figure:
+    """Structural fraction d(random)/d(oracle) per dataset with its bootstrap CI."""
+    fig = _new_figure(6.0, 3.5)
+    ax = fig.add_subplot()
+    x = np.arange(len(structural))
+    frac = structural["fraction"].astype(float).to_numpy()
+    lo = structural["ci_low"].astype(float).to_numpy()
+    hi = structural["ci_high"].astype(float).to_numpy()
+    err = np.vstack([np.nan_to_num(frac - lo), np.nan_to_num(hi - frac)])
+    ax.bar(x, np.nan_to_num(frac), yerr=err, capsize=3, color="#7a9cc6")
+    ax.axhline(1.0, color="grey", lw=0.8, ls="--")
+    ax.set_xticks(x, structural["dataset"].astype(str))
+    ax.set_ylabel("d(random) / d(oracle)")
+    ax.set_title(title, fontsize=10)
+    _fit(fig)
+    return fig
+
+
+def ranking_figure(ranking: pd.DataFrame, title: str) -> Figure:
+    """Share of samples where each condition has the lowest NLL (pooled)."""
+    rows = _summary(ranking).sort_values("share_best")
+    fig = _new_figure(6.0, 1.0 + 0.3 * len(rows))
+    ax = fig.add_subplot()
+    ax.barh(rows["condition"].astype(str), rows["share_best"].astype(float), color="#8fbf8f")
+    ax.set_xlabel("share of samples where best")
+    ax.set_title(title, fontsize=10)
+    _fit(fig, left_labels=rows["condition"])
+    return fig
+
+
+def factorial_figure(factorial: pd.DataFrame, title: str) -> Figure:
+    """d of every factorial contrast and step (pooled), with CIs."""
+    rows = _summary(factorial)
+    labels = [f"{r.factorial}: {r.contrast} {r.step}" for r in rows.itertuples()]
+    fig = _new_figure(7.0, 1.0 + 0.32 * len(rows))
+    ax = fig.add_subplot()
+    d = rows["d"].astype(float).to_numpy()
+    err = np.vstack(
+        [np.nan_to_num(d - rows["ci_low"].astype(float).to_numpy()), np.nan_to_num(rows["ci_high"].astype(float).to_numpy() - d)]
+    )
+    ax.errorbar(d, np.arange(len(rows)), xerr=err, fmt="o", capsize=2)
+    ax.axvline(0, color="grey", lw=0.8, ls="--")
+    ax.set_yticks(np.arange(len(rows)), labels)
+    ax.invert_yaxis()
+    ax.set_xlabel("d")
+    ax.set_title(title, fontsize=10)
+    _fit(fig, left_labels=labels)
+    return fig
+
+
+def make_figures(report: AnalysisReport) -> dict[str, Figure]:
+    """Every figure the report's tables support, keyed by file name (``*.png``)."""
+    figs: dict[str, Figure] = {}
+    multi = len(report.info.get("models", [])) > 1 or len(report.info.get("modes", [])) > 1
+    name = report.experiment
+
+    def key(kind: str, model: str = "", mode: str = "") -> str:
+        return _slug(kind, *((model, mode) if multi else ())) + ".png"
+
+    effects = report.effects
+    for (table, model, mode, ref), rows in (
+        effects.groupby(["table", "model", "mode", "reference"], sort=False) if not effects.empty else []
+    ):
+        suffix = "" if ref == report.info.get("reference") or table == "comparison" else f"_vs_{ref}"
+        figs[key(f"forest_{table}{suffix}", model, mode)] = forest_plot(rows, f"{name}: {table} effects vs {ref}")
+    for model, mode, rows in _scopes(report.tables.get("hardness", pd.DataFrame())):
+        figs[key("hardness_heatmap", model, mode)] = hardness_figure(rows, f"{name}: d by hardness quintile")
+    gradient = report.tables.get("gradient", pd.DataFrame())
+    for model, mode, rows in _scopes(report.tables.get("gradient_values", pd.DataFrame())):
+        summary = gradient[(gradient["model"] == model) & (gradient["mode"] == mode)]
+        figs[key("semantic_gradient", model, mode)] = gradient_figure(rows, summary, f"{name}: semantic gradient")
+    for model, mode, rows in _scopes(report.tables.get("structural", pd.DataFrame())):
+        figs[key("structural_fraction", model, mode)] = structural_figure(rows, f"{name}: structural fraction")
+    for model, mode, rows in _scopes(report.tables.get("ranking", pd.DataFrame())):
+        figs[key("ranking", model, mode)] = ranking_figure(rows, f"{name}: share best")
+    for model, mode, rows in _scopes(report.tables.get("factorial", pd.DataFrame())):
+        figs[key("factorial", model, mode)] = factorial_figure(rows, f"{name}: factorial contrasts")
+    length = report.tables.get("answer_length", pd.DataFrame())
+    for model, mode, rows in _scopes(length[length["reference"] == report.info.get("reference")] if not length.empty else length):
+        matrix = _summary(rows).pivot_table(index="condition", columns="answer_words", values="d", aggfunc="first", sort=False)
+        figs[key("answer_length_heatmap", model, mode)] = heatmap(matrix, f"{name}: d by answer length", "answer words")
+    return figs
+
+
+def save_figures(report: AnalysisReport, directory: str | Path) -> list[Path]:
+    """Write every figure as PNG into ``directory``; returns the paths."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for filename, fig in make_figures(report).items():
+        path = directory / filename
+        fig.savefig(path)
+        paths.append(path)
+    return paths

@@ -1,0 +1,304 @@
+"""Log a report to MLflow: one run per analysis, with params, metrics, tables and figures.
+
+MLflow keeps its own store, never the tracker's database: MLflow's tables ``jobs``,
+``experiments`` and ``datasets`` collide with ours. The tracking URI is always explicit
+(:func:`resolve_tracking_uri`), and the client API is used directly so that no global
+MLflow state, run-context git lookups or system-metrics threads are involved.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import logging
+import os
+import re
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pandas as pd
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+from tracker.errors import ConfigError
+
+if TYPE_CHECKING:
+    from analysis.report import AnalysisReport
+
+ENV_TRACKING_URI = "MLFLOW_TRACKING_URI"
+MAX_PARAM_LENGTH = 6000  # MLflow caps a param value at 6,000 characters
+MAX_PARAMS_PER_BATCH = 100
+MAX_METRICS_PER_BATCH = 1000
+_NAME_BAD = re.compile(r"[^A-Za-z0-9_.\- /]")
+_SQL_SCHEMES = ("sqlite", "postgresql", "postgres", "mysql", "mssql", "oracle")
+
+
+# ---------------------------------------------------------------- tracking URI
+
+def default_tracking_uri(db_url: str) -> str:
+    """``sqlite:///mlflow.db`` beside the tracker's SQLite file, or in the cwd otherwise."""
+    url = make_url(db_url)
+    if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
+        directory = Path(url.database).expanduser().resolve().parent
+    else:
+        directory = Path.cwd()
+    return f"sqlite:///{directory / 'mlflow.db'}"
+
+
+def _sql_url(uri: str):
+    scheme = uri.split(":", 1)[0].split("+", 1)[0].lower()
+    if scheme not in _SQL_SCHEMES:
+        return None
+    try:
+        return make_url(uri)
+    except ArgumentError:
+        return None
+
+
+def _same_place(a, b) -> bool:
+    """Whether two SQLAlchemy URLs point at the same database (file, or server + db name)."""
+    backend_a = a.get_backend_name().replace("postgres", "postgresql").replace("postgresqlql", "postgresql")
+    backend_b = b.get_backend_name().replace("postgres", "postgresql").replace("postgresqlql", "postgresql")
+    if backend_a != backend_b:
+        return False
+    if backend_a == "sqlite":
+        if not a.database or not b.database or ":memory:" in (a.database, b.database):
+            return False
+        return os.path.realpath(os.path.expanduser(a.database)) == os.path.realpath(os.path.expanduser(b.database))
+    local = {None, "", "localhost", "127.0.0.1", "::1"}
+    host_a = "localhost" if a.host in local else a.host
+    host_b = "localhost" if b.host in local else b.host
+    default_port = {"postgresql": 5432, "mysql": 3306}.get(backend_a)
+    return host_a == host_b and (a.port or default_port) == (b.port or default_port) and a.database == b.database
+
+
+def check_tracking_uri(tracking_uri: str, db_url: str) -> None:
+    """Refuse an MLflow store inside the tracker's own database."""
+    mlflow_url, tracker_url = _sql_url(tracking_uri), _sql_url(db_url)
+    if mlflow_url is None or tracker_url is None or not _same_place(mlflow_url, tracker_url):
+        return
+    shown = mlflow_url.render_as_string(hide_password=True)
+    raise ConfigError(
+        f"The MLflow tracking URI {shown} is the tracker's own database; MLflow's tables "
+        "(jobs, experiments, datasets) would collide with the tracker's.",
+        hint="give MLflow its own store: --mlflow-uri sqlite:///mlflow.db (or another database), "
+        "or unset MLFLOW_TRACKING_URI to use mlflow.db beside the tracker's database",
+    )
+
+
+def resolve_tracking_uri(db_url: str, explicit: str | None = None) -> str:
+    """``explicit``, else ``$MLFLOW_TRACKING_URI``, else :func:`default_tracking_uri`; never our db."""
+    uri = explicit or os.environ.get(ENV_TRACKING_URI) or default_tracking_uri(db_url)
+    check_tracking_uri(uri, db_url)
+    return uri
+
+
+# ---------------------------------------------------------------- run params
+
+@functools.lru_cache(maxsize=1)
+def git_commit() -> str:
+    """The tracker checkout's commit (one ``git rev-parse``), or "unknown" for an installed package."""
+    here = Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=False
+        )
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    commit = out.stdout.strip()
+    return commit if out.returncode == 0 and re.fullmatch(r"[0-9a-f]{40}", commit) else "unknown"
+
+
+def default_params(db_url: str, *, spec_hash: str | None = None) -> dict:
+    """Params every analysis run carries: tracker version, git commit, database (no password)."""
+    import tracker
+
+    params = {
+        "tracker_version": tracker.__version__,
+        "git_commit": git_commit(),
+        "db_url": make_url(db_url).render_as_string(hide_password=True),
+    }
+    if spec_hash:
+        params["spec_hash"] = spec_hash
+    return params
+
+
+# ---------------------------------------------------------------- names and metrics
+
+def sanitize_name(name: str) -> str:
+    """A metric/param key in MLflow's allowed set (alphanumerics, ``_ - . / space``)."""
+    clean = _NAME_BAD.sub("_", str(name)).replace("/", "_")
+    clean = re.sub(r"\.{2,}", ".", clean).strip(" .") or "_"
+    return clean[:250]
+
+
+def _finite(value) -> float | None:
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return None
+    return value if value == value and abs(value) != float("inf") else None
+
+
+def report_metrics(report: AnalysisReport) -> dict[str, float]:
+    """Metrics named ``<kind>.<dataset>.<condition>`` (scope-prefixed when there are several).
+
+    ``d.<dataset>.<condition>`` is the main table's d against the main reference; other
+    tables get their own prefix (``hard.d``, ``semantic.d``, ``cmp.d``); effects against
+    further references end in ``.vs_<reference>``.
+    """
+    info = report.info
+    multi = len(info.get("models", [])) > 1 or len(info.get("modes", [])) > 1
+    main_ref = info.get("reference")
+    metrics: dict[str, float] = {}
+
+    def put(parts: list[str], value, model: str = "", mode: str = "") -> None:
+        value = _finite(value)
+        if value is None:
+            return
+        scope = [model, mode] if multi else []
+        key = ".".join(sanitize_name(p) for p in [*scope, *parts] if p != "")
+        metrics[key] = value
+
+    prefix = {"main": [], "hard": ["hard"], "semantic": ["semantic"], "comparison": ["cmp"]}
+    for r in report.effects.itertuples():
+        kind = prefix.get(r.table, [r.table])
+        cond = f"{r.condition}_vs_{r.reference}" if r.table == "comparison" else r.condition
+        tail = [] if r.table in ("comparison", "semantic") or r.reference == main_ref else [f"vs_{r.reference}"]
+        for stat in ("d", "win_rate", "mean_delta"):
+            put([*kind, stat, r.dataset, cond, *tail], getattr(r, stat), r.model, r.mode)
+    for r in report.tables.get("structural", pd.DataFrame()).itertuples():
+        put(["structural_fraction", r.dataset], r.fraction, r.model, r.mode)
+    for r in report.tables.get("gradient", pd.DataFrame()).itertuples():
+        put(["gradient_rho", r.dataset], r.rho, r.model, r.mode)
+    for r in report.tables.get("ranking", pd.DataFrame()).itertuples():
+        put(["mean_rank", r.dataset, r.condition], r.mean_rank, r.model, r.mode)
+        put(["share_best", r.dataset, r.condition], r.share_best, r.model, r.mode)
+    for r in report.tables.get("factorial", pd.DataFrame()).itertuples():
+        put(["factorial", r.factorial, r.dataset, r.contrast.replace(": ", "_"), r.step.replace("->", "_to_")], r.d, r.model, r.mode)
+    missing = report.missing
+    if not missing.empty:
+        metrics["samples_dropped"] = float(missing["dropped"].sum())
+    return metrics
+
+
+def _param_value(value) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)
+    return text if len(text) <= MAX_PARAM_LENGTH else text[: MAX_PARAM_LENGTH - 15] + "...[truncated]"
+
+
+# ---------------------------------------------------------------- logging
+
+@contextlib.contextmanager
+def quiet_mlflow() -> Iterator[None]:
+    """Silence MLflow's and Alembic's INFO chatter (store creation, migrations) for a while."""
+    names = ("mlflow", "alembic", "alembic.runtime.migration")
+    loggers = [logging.getLogger(n) for n in names]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+def _artifact_location(tracking_uri: str, experiment: str) -> str | None:
+    """Artifacts beside a SQLite store (not in whatever the cwd happens to be)."""
+    url = _sql_url(tracking_uri)
+    if url is None or url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
+        return None
+    root = Path(url.database).expanduser().resolve().parent / "mlartifacts" / sanitize_name(experiment).replace(" ", "_")
+    return root.as_uri()
+
+
+def _experiment_id(client, name: str, tracking_uri: str) -> str:
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.create_experiment(name, artifact_location=_artifact_location(tracking_uri, name))
+    except MlflowException:  # created concurrently by another analysis
+        found = client.get_experiment_by_name(name)
+        if found is None:
+            raise
+        return found.experiment_id
+
+
+def write_artifacts(report: AnalysisReport, directory: Path, spec_text: str | None, *, figures: bool = True) -> None:
+    """Tables (CSV + JSON), the text report, the spec and the figures, laid out for MLflow."""
+    tables_dir = directory / "tables"
+    tables_dir.mkdir(parents=True, exist_ok=True)
+    from analysis.report import frame_records
+
+    for name, table in report.tables.items():
+        table.to_csv(tables_dir / f"{name}.csv", index=False)
+        (tables_dir / f"{name}.json").write_text(json.dumps(frame_records(table), indent=1, allow_nan=False))
+    (directory / "report.json").write_text(report.to_json())
+    (directory / "report.txt").write_text(report.render_text())
+    if spec_text is not None:
+        (directory / "spec.yaml").write_text(spec_text)
+    if figures:
+        from analysis.figures import save_figures
+
+        save_figures(report, directory / "figures")
+
+
+def log_to_mlflow(
+    report: AnalysisReport,
+    tracking_uri: str,
+    run_name: str,
+    params: Mapping | None = None,
+    spec_text: str | None = None,
+    *,
+    experiment_name: str | None = None,
+    figures: bool = True,
+) -> str:
+    """Log one analysis as one MLflow run (named ``run_name``) and return its run id.
+
+    Params: the report's (models, N, seed, scorer version, ...) updated with ``params`` (e.g.
+    :func:`default_params`: spec hash, tracker version, git commit, db URL without password).
+    Metrics: :func:`report_metrics`. Artifacts: ``spec.yaml``, ``report.json``,
+    ``report.txt``, ``tables/<name>.csv|json`` and ``figures/*.png``.
+    """
+    os.environ.setdefault("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "false")
+    # import first: importing mlflow configures its loggers, which would undo quiet_mlflow
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric, Param, RunTag
+
+    with quiet_mlflow():
+        client = MlflowClient(tracking_uri=tracking_uri)
+        exp_id = _experiment_id(client, experiment_name or report.experiment, tracking_uri)
+        tags = {
+            "tracker.experiment": report.experiment,
+            "tracker.run_id": str(report.run_id),
+            "mlflow.source.name": "tracker analyze",
+            "mlflow.source.type": "LOCAL",
+        }
+        run = client.create_run(exp_id, run_name=run_name, tags=tags)
+        run_id = run.info.run_id
+        try:
+            all_params = {**report.mlflow_params(), **dict(params or {})}
+            param_items = [Param(sanitize_name(k), _param_value(v)) for k, v in all_params.items() if v is not None]
+            now = int(time.time() * 1000)
+            metric_items = [Metric(k, v, now, 0) for k, v in report_metrics(report).items()]
+            for start in range(0, len(param_items), MAX_PARAMS_PER_BATCH):
+                client.log_batch(run_id, params=param_items[start : start + MAX_PARAMS_PER_BATCH], synchronous=True)
+            for start in range(0, len(metric_items), MAX_METRICS_PER_BATCH):
+                client.log_batch(run_id, metrics=metric_items[start : start + MAX_METRICS_PER_BATCH], synchronous=True)
+            client.log_batch(run_id, tags=[RunTag("tracker.notes", _param_value(" | ".join(report.notes)))], synchronous=True)
+            with tempfile.TemporaryDirectory(prefix="tracker-mlflow-") as tmp:
+                write_artifacts(report, Path(tmp), spec_text, figures=figures)
+                client.log_artifacts(run_id, tmp)
+        except BaseException:
+            client.set_terminated(run_id, status="FAILED")
+            raise
+        client.set_terminated(run_id, status="FINISHED")
+    return run_id
