@@ -283,3 +283,146 @@ def test_training_mode_is_refused():
     model.train()
     with pytest.raises(ValueError, match="eval"):
         _score(("t5", model, lead, trail), [_layout(("t5", model, lead, trail), "encdec_q")])
+
+
+# --- the backend (text in, ScoreResult out) on the registry's tiny models ----------------
+
+from tracker.conditions import build_prefix_ids, special_ids  # noqa: E402
+from tracker.errors import InputTooLongError, SelfCheckFailed, TrackerError  # noqa: E402
+from workers.backends.base import GenerateTask, ScoreTask  # noqa: E402
+from workers.backends.encdec import EncDecBackend, encoder_wrapping  # noqa: E402
+from workers.registry import resolve_model  # noqa: E402
+import workers.scoring.encdec as encdec_scoring  # noqa: E402
+
+SAMPLE = {"id": 7, "dataset": "toy", "source_key": "toy:7", "doc": "The cat sat on the red mat all day.",
+          "query": "Where did the cat sit?", "answer": "on the red mat", "meta": {}}
+CONDITIONS = [
+    {"name": "bare", "kind": "bare", "params": {}},
+    {"name": "bare_nl", "kind": "bare_nl", "params": {}},
+    {"name": "oracle", "kind": "oracle", "params": {}},
+    {"name": "surr_doc", "kind": "doc_keywords", "params": {"k": 3, "matched": False}},
+]
+BACKEND_MODELS = ("tiny-random-t5", "tiny-random-bart", "tiny-random-t5gemma")
+
+
+@pytest.fixture(scope="module", params=BACKEND_MODELS)
+def backend(request):
+    return EncDecBackend(resolve_model(request.param), "cpu")
+
+
+def _tasks(modes=("encdec_q", "encdec_nq", "encdec_rq", "encdec_q_visible")):
+    return [ScoreTask(job_id=100 * i + j, mode=mode, sample=SAMPLE, condition=cond)
+            for i, cond in enumerate(CONDITIONS) for j, mode in enumerate(modes)]
+
+
+def test_backend_scores_match_the_core_on_independently_built_layouts(backend):
+    tok = backend.tokenizer
+    tasks = _tasks()
+    results = backend.score(tasks)
+    assert [r.job_id for r in results] == [t.job_id for t in tasks]
+    enc = lambda text: list(tok(text, add_special_tokens=False)["input_ids"])  # noqa: E731
+    for task, result in zip(tasks, results):
+        prefix = build_prefix_ids(task.condition, SAMPLE, tok)
+        rand = random_query_ids("toy:7", len(enc(SAMPLE["query"])), len(tok), special_ids(tok))
+        layout = build_layout(prefix_ids=prefix, doc_ids=enc(SAMPLE["doc"]), query_ids=enc(SAMPLE["query"]),
+                              answer_ids=enc(SAMPLE["answer"]), start_id=decoder_start_id(backend.model.config),
+                              mode=parse_mode(task.mode), random_ids=rand)
+        alone = score_layouts(backend.model, [layout], pad_id=backend.pad_id)[0].token_nlls
+        assert result.token_nlls == pytest.approx(alone, abs=1e-4)
+        assert result.nll_mean == pytest.approx(sum(alone) / len(alone), abs=1e-4)
+        assert result.answer_ids == enc(SAMPLE["answer"]) and result.doc_ids == enc(SAMPLE["doc"])
+        assert result.prefix_ids == prefix and result.bos_id == backend.start_id
+        assert result.batch_size == len(tasks)
+        assert ("random_query_ids" in result.extras) == (task.mode == "encdec_rq")
+
+
+def test_backend_batched_equals_one_task_at_a_time(backend):
+    tasks = _tasks()
+    batched = backend.score(tasks)
+    for task, result in zip(tasks, batched):
+        alone = backend.score([task])[0]
+        assert alone.batch_size == 1
+        assert result.token_nlls == pytest.approx(alone.token_nlls, abs=1e-4)
+
+
+def test_backend_random_query_is_deterministic_and_query_length(backend):
+    task = _tasks(("encdec_rq",))[2]
+    first, second = backend.score([task])[0], backend.score([task])[0]
+    ids = first.extras["random_query_ids"]
+    assert ids == second.extras["random_query_ids"] and first.token_nlls == second.token_nlls
+    assert len(ids) == len(first.query_ids)
+    assert not set(ids) & special_ids(backend.tokenizer)
+    assert first.extras["decoder_ids"] == [backend.start_id, *ids, *first.answer_ids]
+
+
+def test_backend_probe_tasks_carry_attention_and_restore_sdpa(backend):
+    results = backend.score(_tasks(("encdec_q", "encdec_q_probe")))
+    for result in results:
+        assert ("attention" in result.extras) == (result.job_id % 100 == 1)
+    probe, plain = results[5], results[4]  # bare_nl condition: probe vs plain
+    assert probe.token_nlls == pytest.approx(plain.token_nlls, abs=1e-5)
+    assert backend.model.config._attn_implementation == "sdpa"
+
+
+def test_backend_describe_and_generate(backend):
+    info = backend.describe()
+    assert info["scorer_version"] == encdec_scoring.ENCDEC_SCORER_VERSION
+    assert info["dtype"] == "float32" and info["device"] == "cpu" and info["attn_implementation"] == "sdpa"
+    assert info["attention_softmax"] == ("merged" if info["model_type"] == "t5gemma2" else "separate")
+    with pytest.raises(TrackerError, match="not used to generate"):
+        backend.generate([GenerateTask(1, SAMPLE, "extract", "Extract: x", 8)])
+
+
+def test_backend_refuses_too_long_inputs_with_a_hint():
+    bart = EncDecBackend(resolve_model("tiny-random-bart"), "cpu")
+    long_sample = {**SAMPLE, "doc": "word " * 300}  # 1500 byte tokens > 1024 positions
+    with pytest.raises(InputTooLongError, match="positions"):
+        bart.score([ScoreTask(1, "encdec_q", long_sample, CONDITIONS[0])])
+
+
+def test_encoder_wrapping_reads_the_tokenizers_special_tokens():
+    class Wrapping:
+        def __call__(self, text, add_special_tokens=True):
+            ids = [ord(c) for c in text]
+            return {"input_ids": [5, *ids, 6, 7] if add_special_tokens else ids}
+
+    assert encoder_wrapping(Wrapping()) == ([5], [6, 7])
+
+
+def test_self_check_passes_on_a_good_model(backend):
+    result = backend.self_check()
+    assert result["passed"] is True
+    assert set(result["probes"]) == {"labels_loss", "sliced_encoder", "prefix_cross_weight",
+                                     "prefix_reaches_encoder", "batched"}
+    assert result["probes"]["prefix_cross_weight"]["hidden_max"] == 0.0
+
+
+def _visible_prefix_mask(layouts, encoder_mask):
+    return encoder_mask.clone()
+
+
+def _pitfall_encoder(model, layouts, pad_id):
+    """The bug the brief warns about: the cross-attention mask handed to the encoder too."""
+    ids, mask = encdec_scoring.pad_right([l.encoder_ids for l in layouts], pad_id, model.device)
+    mask = encdec_scoring.cross_attention_mask(layouts, mask)
+    return model.get_encoder()(input_ids=ids, attention_mask=mask).last_hidden_state, mask
+
+
+def _look_ahead_nlls(logits, layouts):
+    out = []
+    for row, layout in enumerate(layouts):
+        log_probs = torch.log_softmax(logits[row].float(), -1)
+        out.append([-float(log_probs[t, layout.decoder_ids[t]]) for t in range(*layout.answer_span)])
+    return out
+
+
+@pytest.mark.parametrize("breakage, name, failed_probe", [
+    ("cross_attention_mask", _visible_prefix_mask, "prefix_cross_weight"),
+    ("encode_unique", _pitfall_encoder, "sliced_encoder"),
+    ("answer_token_nlls", _look_ahead_nlls, "labels_loss"),
+])
+def test_self_check_refuses_a_broken_scorer(monkeypatch, breakage, name, failed_probe):
+    backend = EncDecBackend(resolve_model("tiny-random-t5"), "cpu")
+    monkeypatch.setattr(encdec_scoring, breakage, name)
+    with pytest.raises(SelfCheckFailed, match=failed_probe):
+        backend.self_check()

@@ -32,20 +32,21 @@ import torch
 from transformers.modeling_outputs import BaseModelOutput
 
 from tracker.errors import ConfigError, EmptyAnswerError
+from workers import modes
 
 DecoderQuery = Literal["query", "none", "random"]
 
+# Bumped whenever what is scored changes (encoder wrapping, decoder layout, masks, NLL).
+ENCDEC_SCORER_VERSION = "encdec-1"
+
 _BASE_MODES: dict[str, tuple[DecoderQuery, bool]] = {
     # mode: (what sits between the start token and the answer, prefix hidden from cross-attn)
-    "encdec_q": ("query", True),
-    "encdec_nq": ("none", True),
-    "encdec_rq": ("random", True),
-    "encdec_q_visible": ("query", False),
+    modes.ENCDEC_Q: ("query", True),
+    modes.ENCDEC_NQ: ("none", True),
+    modes.ENCDEC_RQ: ("random", True),
+    modes.ENCDEC_Q_VISIBLE: ("query", False),
 }
-PROBE_SUFFIX = "_probe"
-ENCDEC_MODES: tuple[str, ...] = tuple(
-    name + suffix for name in _BASE_MODES for suffix in ("", PROBE_SUFFIX)
-)
+ENCDEC_MODES: tuple[str, ...] = modes.ENCDEC_MODES
 
 # Families whose decoder attends to its own tokens and the encoder's in ONE softmax.
 MERGED_ATTENTION_FAMILIES = frozenset({"t5gemma2"})
@@ -65,15 +66,14 @@ class EncDecMode:
 
 def parse_mode(mode: str) -> EncDecMode:
     """Parse an ``encdec_*`` mode name; unknown names are a :class:`ConfigError`."""
-    probe = mode.endswith(PROBE_SUFFIX)
-    base = mode[: -len(PROBE_SUFFIX)] if probe else mode
-    if base not in _BASE_MODES:
+    base = modes.base_mode(mode)
+    if mode not in ENCDEC_MODES or base not in _BASE_MODES:
         raise ConfigError(
             f"unknown encoder-decoder scoring mode {mode!r}",
             hint=f"use one of: {', '.join(ENCDEC_MODES)}",
         )
     decoder_query, hide_prefix = _BASE_MODES[base]
-    return EncDecMode(name=mode, decoder_query=decoder_query, hide_prefix=hide_prefix, probe=probe)
+    return EncDecMode(name=mode, decoder_query=decoder_query, hide_prefix=hide_prefix, probe=modes.is_probe(mode))
 
 
 @dataclass(frozen=True)
