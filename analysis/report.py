@@ -341,20 +341,23 @@ def _consistency_notes(table: pd.DataFrame, out: _Collector) -> None:
 
 
 def _missing_notes(missing: pd.DataFrame, reference: str, out: _Collector) -> None:
+    """One line naming, per condition, how many samples were dropped and why."""
     if missing.empty:
         return
-    lacking = missing[missing["dropped"] > 0]
-    if lacking.empty:
+    if not (missing["dropped"] > 0).any():
         out.note("Complete: every job is scored and paired with its reference.")
         return
-    grouped = lacking.groupby(["model", "mode", "condition"], sort=False)
     parts = []
-    for (model, mode, cond), group in grouped:
-        status = {s: int(group[f"unscored_{s}"].sum()) for s in ("pending", "blocked", "running", "failed")}
-        status_text = ", ".join(f"{v} {k}" for k, v in status.items() if v)
-        lack = group["lacking_reference"].dropna().sum()
-        extra = f", {int(lack)} without {reference}" if lack else ""
-        parts.append(f"{cond} ({mode}) {int(group['dropped'].sum())}/{int(group['jobs'].sum())} [{status_text}{extra}]")
+    for (model, mode, cond), group in missing.groupby(["model", "mode", "condition"], sort=False):
+        dropped = int(group["dropped"].sum())
+        if not dropped:
+            continue
+        reasons = [f"{int(group[f'unscored_{s}'].sum())} {s}" for s in ("pending", "blocked", "running", "failed")]
+        lack = int(group["lacking_reference"].fillna(0).sum())
+        if lack:
+            reasons.append(f"{lack} without {reference}")
+        reasons = [r for r in reasons if not r.startswith("0 ")]
+        parts.append(f"{cond} ({mode}) {dropped}/{int(group['jobs'].sum())} [{', '.join(reasons)}]")
     out.note("Incomplete: samples dropped for missing scores: " + "; ".join(parts) + ".")
 
 
