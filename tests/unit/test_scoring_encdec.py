@@ -6,7 +6,7 @@ import torch
 import transformers as tf
 from transformers.modeling_outputs import BaseModelOutput
 
-from tracker.errors import ConfigError, EmptyAnswerError
+from tracker.errors import ConfigError, DatasetError, EmptyAnswerError
 from workers.scoring.encdec import (
     ENCDEC_MODES,
     build_layout,
@@ -144,6 +144,8 @@ def test_layout_puts_tokens_where_the_mode_says():
     assert bare.encoder_ids == (2, *DOC, 1) and bare.prefix_span == (1, 1)
     with pytest.raises(EmptyAnswerError):
         build_layout(mode=mode_q, **{**common, "answer_ids": []})
+    with pytest.raises(DatasetError, match="document"):
+        build_layout(mode=mode_q, **{**common, "doc_ids": []})
 
 
 def test_random_query_ids_are_deterministic_non_special_and_query_length():
@@ -426,3 +428,14 @@ def test_self_check_refuses_a_broken_scorer(monkeypatch, breakage, name, failed_
     monkeypatch.setattr(encdec_scoring, breakage, name)
     with pytest.raises(SelfCheckFailed, match=failed_probe):
         backend.self_check()
+
+
+def test_non_finite_nlls_are_refused_not_stored(monkeypatch):
+    import workers.backends.encdec as backend_module
+
+    backend = EncDecBackend(resolve_model("tiny-random-t5"), "cpu")
+    monkeypatch.setattr(backend_module, "score_layouts",
+                        lambda model, layouts, **kw: [encdec_scoring.RowScore([float("nan")] * 3) for _ in layouts])
+    with pytest.raises(TrackerError, match="non-finite"):
+        backend.score(_tasks(("encdec_q",))[:1])
+    assert backend_module._max_abs_diff([float("nan"), 0.0], [1.0, 0.0]) == float("inf")

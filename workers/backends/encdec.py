@@ -14,6 +14,7 @@ special tokens. Random ids for ``encdec_rq`` are drawn from the tokenizer's non-
 from __future__ import annotations
 
 import contextlib
+import math
 import statistics
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
@@ -225,6 +226,11 @@ class EncDecBackend(ScoringBackend):
 
     def _result(self, item: _Prepared, score: RowScore, batch_job_ids: list[int]) -> ScoreResult:
         layout = item.layout
+        if not all(math.isfinite(nll) for nll in score.token_nlls):
+            raise TrackerError(
+                f"job {item.task.job_id}: {self.spec.name} produced a non-finite NLL in {self.loaded.dtype}",
+                hint="score this model in bfloat16 or float32 (--dtype); T5 overflows in float16",
+            )
         extras: dict[str, Any] = {
             "batch_job_ids": batch_job_ids,
             "encoder_lead": list(self.lead),
@@ -236,6 +242,7 @@ class EncDecBackend(ScoringBackend):
             extras["random_query_ids"] = list(item.random_ids)
         if score.attention is not None:
             extras["attention"] = score.attention
+            extras["attn_implementation"] = "eager"
         return ScoreResult(
             job_id=item.task.job_id,
             nll_mean=statistics.fmean(score.token_nlls),
@@ -314,7 +321,9 @@ def _labels_loss(model, layout: EncDecLayout, encoder_hidden: torch.Tensor) -> f
 
 
 def _max_abs_diff(a: Sequence[float], b: Sequence[float]) -> float:
-    return max(abs(x - y) for x, y in zip(a, b, strict=True))
+    """Largest absolute difference; inf if any value is not finite (NaN must not slip through max)."""
+    diffs = [abs(x - y) for x, y in zip(a, b, strict=True)]
+    return max(diffs) if all(math.isfinite(d) for d in diffs) else math.inf
 
 
 @torch.no_grad()
@@ -341,7 +350,7 @@ def run_self_check(backend: EncDecBackend) -> dict:
     bare = layouts["bare"]
     bare_hidden, _ = encode_unique(model, [bare], pad)
     loss = _labels_loss(model, bare, bare_hidden)
-    diff = abs(statistics.fmean(alone["bare"]) - loss)
+    diff = _max_abs_diff([statistics.fmean(alone["bare"])], [loss])
     probes["labels_loss"] = {"diff": diff, "tolerance": mean_tol + LOSS_RELATIVE_TOLERANCE.get(dtype, 1e-2) * abs(loss), "labels_loss": loss}
 
     hidden = layouts["hidden"]

@@ -31,7 +31,7 @@ from typing import Literal
 import torch
 from transformers.modeling_outputs import BaseModelOutput
 
-from tracker.errors import ConfigError, EmptyAnswerError
+from tracker.errors import ConfigError, DatasetError, EmptyAnswerError
 from workers import modes
 
 DecoderQuery = Literal["query", "none", "random"]
@@ -121,6 +121,11 @@ def build_layout(
         raise EmptyAnswerError(
             "the answer tokenizes to no tokens, so it has no NLL",
             hint="drop samples with empty answers when preparing the dataset",
+        )
+    if not doc_ids:
+        raise DatasetError(
+            "the document tokenizes to no tokens, so there is nothing to condition on",
+            hint="drop samples with empty documents when preparing the dataset",
         )
     prefix = list(prefix_ids or [])
     encoder_ids = [*encoder_lead, *prefix, *doc_ids, *encoder_trail]
