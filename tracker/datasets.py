@@ -1,0 +1,444 @@
+"""Dataset loaders: hub rows -> (doc, query, answer, source key) samples.
+
+Each dataset maps its hub rows to samples with the filters the seed implies (no unanswerable
+rows, answers present in usable form) and a *doc-preparation recipe* (which passage, which
+window, which word budget). The recipe is part of a sample's identity: change it and every
+sample, and so every job, is new.
+
+Sampling is deterministic and does not depend on the order of rows in a file: usable rows
+are ordered by a hash of (seed, source key) and the first N are taken, so ``--limit 10``
+takes the first 10 of the very samples a full run takes. Each sample's partner for the
+``unrelated_query`` condition is chosen by a fixed rule over the whole usable dataset (no
+seed, no N), so every run that shares a sample gives it the same partner.
+
+Rows come from the hub through ``datasets`` when it is reachable, or from local copies with
+the same fields under ``--data-dir`` / ``$TRACKER_DATA_DIR`` (see :func:`find_local_files`).
+The bundled ``tinyqa`` set ships inside the package.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from tracker.errors import DatasetError
+from tracker.identity import content_hash
+
+ENV_DATA_DIR = "TRACKER_DATA_DIR"
+LOCAL_SUFFIXES = (".parquet", ".jsonl", ".json")
+HUB_HOST = "huggingface.co"
+MS_MARCO_NO_ANSWER = "No Answer Present."
+
+
+@dataclass(frozen=True)
+class MappedRow:
+    """One usable hub row, before partner assignment."""
+
+    source_key: str
+    doc: str
+    query: str
+    answer: str
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PreparedSample:
+    """A sample ready to store: its identity is (dataset, source_key, recipe_hash)."""
+
+    dataset: str
+    split: str
+    source_key: str
+    doc: str
+    query: str
+    answer: str
+    meta: dict[str, Any]
+    recipe: dict[str, Any]
+    recipe_hash: str
+
+    def as_dict(self, sample_id: int | None = None) -> dict[str, Any]:
+        """The ``sample`` dict the prefix builders and scorers take."""
+        return {"id": sample_id, "dataset": self.dataset, "source_key": self.source_key, "doc": self.doc,
+                "query": self.query, "answer": self.answer, "meta": self.meta}
+
+
+Mapper = Callable[[Mapping[str, Any], Mapping[str, Any]], "MappedRow | None"]
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """A dataset: where it lives on the hub, its default split and recipe, its row mapper."""
+
+    name: str
+    hub_id: str | None
+    config: str | None
+    default_split: str
+    recipe: Mapping[str, Any]
+    mapper: Mapper
+    description: str = ""
+
+
+# --- text helpers ----------------------------------------------------------------------
+
+def _clean(text: Any) -> str:
+    return str(text or "").strip()
+
+
+def truncate_words(text: str, max_words: int | None) -> str:
+    """The first ``max_words`` whitespace-separated words of ``text`` (formatting kept)."""
+    if not max_words:
+        return text
+    spans = [m.span() for m in re.finditer(r"\S+", text)]
+    if len(spans) <= max_words:
+        return text
+    return text[: spans[max_words - 1][1]]
+
+
+def answer_window(text: str, start: int, max_words: int) -> str:
+    """A window of ``max_words`` words of ``text`` containing the character ``start``.
+
+    The answer sits about a third into the window, so the doc leads up to it and goes on.
+    """
+    spans = [m.span() for m in re.finditer(r"\S+", text)]
+    if len(spans) <= max_words:
+        return text.strip()
+    idx = next((i for i, (a, b) in enumerate(spans) if b > start), len(spans) - 1)
+    first = max(0, min(idx - max_words // 3, len(spans) - max_words))
+    last = first + max_words - 1
+    return text[spans[first][0]: spans[last][1]]
+
+
+def _find_answer(text: str, candidates: Iterable[str]) -> tuple[int, str] | None:
+    """Earliest case-insensitive whole-word match of the first candidate that occurs."""
+    for cand in candidates:
+        cand = cand.strip()
+        if not cand:
+            continue
+        m = re.search(r"(?<!\w)" + re.escape(cand) + r"(?!\w)", text, flags=re.IGNORECASE)
+        if m:
+            return m.start(), m.group(0)
+    return None
+
+
+# --- mappers: one per dataset ----------------------------------------------------------
+
+def map_ms_marco(row: Mapping[str, Any], recipe: Mapping[str, Any]) -> MappedRow | None:
+    """MS MARCO v1.1: doc = the first selected passage; answer = the first real answer."""
+    answers = [_clean(a) for a in (row.get("answers") or [])]
+    answers = [a for a in answers if a and a != MS_MARCO_NO_ANSWER]
+    passages = row.get("passages") or {}
+    selected = list(passages.get("is_selected") or [])
+    texts = list(passages.get("passage_text") or [])
+    urls = list(passages.get("url") or [])
+    pick = next((i for i, flag in enumerate(selected) if int(flag) == 1 and i < len(texts)), None)
+    query = _clean(row.get("query"))
+    if not answers or pick is None or not query:
+        return None
+    doc = truncate_words(_clean(texts[pick]), recipe.get("doc_max_words"))
+    meta = {"query_id": row.get("query_id"), "query_type": row.get("query_type"),
+            "url": urls[pick] if pick < len(urls) else None, "answers": answers}
+    return MappedRow(str(row["query_id"]), doc, query, answers[0], meta)
+
+
+def map_squad_v2(row: Mapping[str, Any], recipe: Mapping[str, Any]) -> MappedRow | None:
+    """SQuAD 2.0: doc = context; unanswerable rows (no answer text) are skipped."""
+    answers = row.get("answers") or {}
+    texts = [_clean(t) for t in (answers.get("text") or [])]
+    starts = list(answers.get("answer_start") or [])
+    query, doc = _clean(row.get("question")), _clean(row.get("context"))
+    if not texts or not texts[0] or not query or not doc:
+        return None
+    meta = {"title": row.get("title"), "answer_start": starts[0] if starts else None}
+    return MappedRow(str(row["id"]), truncate_words(doc, recipe.get("doc_max_words")), query, texts[0], meta)
+
+
+def map_trivia_qa(row: Mapping[str, Any], recipe: Mapping[str, Any]) -> MappedRow | None:
+    """TriviaQA rc.wikipedia: doc = a word window of the first wiki page containing the answer."""
+    answer = row.get("answer") or {}
+    value = _clean(answer.get("value"))
+    aliases = [_clean(a) for a in (answer.get("aliases") or [])]
+    query = _clean(row.get("question"))
+    pages = row.get("entity_pages") or {}
+    contexts = list(pages.get("wiki_context") or [])
+    titles = list(pages.get("title") or [])
+    if not value or not query:
+        return None
+    for i, context in enumerate(contexts):
+        found = _find_answer(context or "", [value, *aliases])
+        if found is None:
+            continue
+        start, matched = found
+        doc = answer_window(context, start, int(recipe.get("doc_max_words") or 300))
+        if matched.lower() not in doc.lower():
+            continue
+        meta = {"title": titles[i] if i < len(titles) else None, "matched_answer": matched,
+                "aliases": aliases[:10]}
+        return MappedRow(str(row["question_id"]), doc.strip(), query, value, meta)
+    return None
+
+
+def map_hotpot_qa(row: Mapping[str, Any], recipe: Mapping[str, Any]) -> MappedRow | None:
+    """HotpotQA distractor: doc = the supporting paragraphs in context order."""
+    answer, query = _clean(row.get("answer")), _clean(row.get("question"))
+    if not answer or not query:
+        return None
+    if recipe.get("skip_yes_no", True) and answer.lower() in ("yes", "no"):
+        return None
+    support = set((row.get("supporting_facts") or {}).get("title") or [])
+    context = row.get("context") or {}
+    paragraphs = [
+        "".join(sentences).strip()
+        for title, sentences in zip(context.get("title") or [], context.get("sentences") or [])
+        if title in support
+    ]
+    doc = "\n".join(p for p in paragraphs if p)
+    if not doc:
+        return None
+    meta = {"type": row.get("type"), "level": row.get("level"), "titles": sorted(support)}
+    return MappedRow(str(row["id"]), truncate_words(doc, recipe.get("doc_max_words")), query, answer, meta)
+
+
+def map_neural_bridge(row: Mapping[str, Any], recipe: Mapping[str, Any]) -> MappedRow | None:
+    """neural-bridge rag-dataset-12000: context/question/answer; the key hashes the row's text."""
+    doc, query, answer = _clean(row.get("context")), _clean(row.get("question")), _clean(row.get("answer"))
+    if not doc or not query or not answer:
+        return None
+    key = content_hash([doc, query], 20)
+    return MappedRow(key, truncate_words(doc, recipe.get("doc_max_words")), query, answer, {})
+
+
+def map_tinyqa(row: Mapping[str, Any], recipe: Mapping[str, Any]) -> MappedRow | None:
+    """The bundled tinyqa set: id/topic/context/question/answer."""
+    doc, query, answer = _clean(row.get("context")), _clean(row.get("question")), _clean(row.get("answer"))
+    if not doc or not query or not answer:
+        return None
+    return MappedRow(str(row["id"]), doc, query, answer, {"topic": row.get("topic")})
+
+
+DATASETS: dict[str, DatasetInfo] = {
+    d.name: d
+    for d in (
+        DatasetInfo("ms_marco", "microsoft/ms_marco", "v1.1", "validation", {"loader": "ms_marco/1"},
+                    map_ms_marco, "MS MARCO v1.1: web queries, doc = the selected passage"),
+        DatasetInfo("squad_v2", "rajpurkar/squad_v2", None, "validation", {"loader": "squad_v2/1"},
+                    map_squad_v2, "SQuAD 2.0: Wikipedia paragraphs, answerable questions only"),
+        DatasetInfo("trivia_qa", "mandarjoshi/trivia_qa", "rc.wikipedia", "validation",
+                    {"loader": "trivia_qa/1", "doc_max_words": 300}, map_trivia_qa,
+                    "TriviaQA rc.wikipedia: a 300-word window of the wiki page around the answer"),
+        DatasetInfo("hotpot_qa", "hotpotqa/hotpot_qa", "distractor", "validation",
+                    {"loader": "hotpot_qa/1", "skip_yes_no": True}, map_hotpot_qa,
+                    "HotpotQA distractor: the supporting paragraphs; yes/no questions skipped"),
+        DatasetInfo("neural_bridge", "neural-bridge/rag-dataset-12000", None, "test",
+                    {"loader": "neural_bridge/1"}, map_neural_bridge,
+                    "neural-bridge rag-dataset-12000: naturally long docs"),
+        DatasetInfo("tinyqa", None, None, "test", {"loader": "tinyqa/1"}, map_tinyqa,
+                    "tinyqa: 60 short passages written for this project (bundled)"),
+    )
+}
+
+
+def get_dataset_info(name: str) -> DatasetInfo:
+    try:
+        return DATASETS[name]
+    except KeyError:
+        raise DatasetError(f"Unknown dataset {name!r}.", hint=f"known datasets: {', '.join(DATASETS)}") from None
+
+
+def build_recipe(name: str, split: str | None = None, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The full doc-preparation recipe: defaults + overrides + dataset and split."""
+    info = get_dataset_info(name)
+    return {**info.recipe, **dict(overrides or {}), "dataset": name, "split": split or info.default_split}
+
+
+def recipe_hash(recipe: Mapping[str, Any]) -> str:
+    return content_hash(dict(recipe))
+
+
+# --- reading rows ------------------------------------------------------------------------
+
+def resolve_data_dir(explicit: str | os.PathLike[str] | None = None) -> Path | None:
+    """``--data-dir``, else ``$TRACKER_DATA_DIR``, else None (use the hub)."""
+    value = explicit or os.environ.get(ENV_DATA_DIR)
+    return Path(value).expanduser() if value else None
+
+
+def find_local_files(data_dir: Path, info: DatasetInfo, split: str) -> list[Path]:
+    """Local copies of one split, searched in these places (first that has files wins):
+
+    ``DIR/<name>/<split>*.{parquet,jsonl,json}``, ``DIR/<name>/<split>/*``, the same under
+    ``DIR/<name>/<config>/``, and the hub layout ``DIR/<hub_id>[/<config>]/<split>*``.
+    """
+    roots = [data_dir / info.name]
+    if info.config:
+        roots.append(data_dir / info.name / info.config)
+    if info.hub_id:
+        roots.append(data_dir / info.hub_id)
+        if info.config:
+            roots.append(data_dir / info.hub_id / info.config)
+    for root in roots:
+        if not root.is_dir():
+            continue
+        files = sorted(p for p in root.iterdir() if p.is_file() and p.name.startswith(split)
+                       and p.name.endswith(LOCAL_SUFFIXES))
+        if (root / split).is_dir():
+            files += sorted(p for p in (root / split).iterdir() if p.is_file() and p.name.endswith(LOCAL_SUFFIXES))
+        if files:
+            return files
+    return []
+
+
+def read_local_file(path: Path) -> list[dict[str, Any]]:
+    """Rows of one parquet, JSON-lines or JSON (a list of rows) file."""
+    if path.name.endswith(".parquet"):
+        import pyarrow.parquet as pq
+
+        return pq.read_table(path).to_pylist()
+    text = path.read_text(encoding="utf-8")
+    if path.name.endswith(".json") and text.lstrip().startswith("["):
+        return list(json.loads(text))
+    try:
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
+    except json.JSONDecodeError as err:
+        raise DatasetError(f"{path} is not JSON lines: {err}", hint="write one JSON object per line") from err
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    try:
+        with socket.create_connection((HUB_HOST, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _offline_error(info: DatasetInfo, split: str, data_dir: Path | None, why: str) -> DatasetError:
+    where = f"{data_dir}/{info.name}/{split}.parquet (or .jsonl)" if data_dir else f"DIR/{info.name}/{split}.jsonl"
+    return DatasetError(
+        f"Cannot load dataset {info.name} ({info.hub_id}, split {split}): {why}.",
+        hint=f"download it where the hub is reachable and pass --data-dir DIR (or set {ENV_DATA_DIR}) "
+             f"with a local copy at {where}, same fields as the hub rows",
+    )
+
+
+def load_hub_rows(info: DatasetInfo, split: str) -> list[dict[str, Any]]:
+    """Rows from the hub (or its local cache when HF_HUB_OFFLINE / HF_DATASETS_OFFLINE is set)."""
+    offline_env = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("HF_DATASETS_OFFLINE")
+    if not offline_env and not _hub_reachable():
+        raise _offline_error(info, split, None, f"{HUB_HOST} is not reachable")
+    import datasets
+
+    try:
+        ds = datasets.load_dataset(info.hub_id, info.config, split=split)
+    except Exception as err:  # noqa: BLE001 - any hub/cache failure means "no data here"
+        raise _offline_error(info, split, None, f"{type(err).__name__}: {err}") from err
+    return [dict(r) for r in ds]
+
+
+def load_raw_rows(name: str, split: str | None = None, data_dir: str | os.PathLike[str] | None = None) -> list[dict]:
+    """All raw rows of one split: bundled (tinyqa), local copy (data dir) or hub."""
+    info = get_dataset_info(name)
+    split = split or info.default_split
+    if info.hub_id is None:
+        text = resources.files("tracker.data").joinpath(f"{name}.jsonl").read_text(encoding="utf-8")
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
+    root = resolve_data_dir(data_dir)
+    if root is not None:
+        files = find_local_files(root, info, split)
+        if not files:
+            raise _offline_error(info, split, root, f"no local copy under {root}")
+        return [row for path in files for row in read_local_file(path)]
+    return load_hub_rows(info, split)
+
+
+# --- preparation, partners and sampling ---------------------------------------------------
+
+def _norm_query(q: str) -> str:
+    return " ".join(q.lower().split())
+
+
+def assign_partners(rows: list[MappedRow]) -> dict[str, MappedRow]:
+    """source_key -> partner row for ``unrelated_query``: a fixed rule over the whole dataset.
+
+    Rows are ordered by a hash of their key (no seed); each row's partner is the next row in
+    that cyclic order whose query differs from its own.
+    """
+    order = sorted(rows, key=lambda r: (content_hash(["partner", r.source_key]), r.source_key))
+    partners: dict[str, MappedRow] = {}
+    n = len(order)
+    for i, row in enumerate(order):
+        own = _norm_query(row.query)
+        for step in range(1, n):
+            cand = order[(i + step) % n]
+            if _norm_query(cand.query) != own:
+                partners[row.source_key] = cand
+                break
+    return partners
+
+
+def prepare_rows(name: str, rows: Iterable[Mapping[str, Any]], recipe: Mapping[str, Any]) -> list[PreparedSample]:
+    """Map and filter raw rows, attach partners; duplicates of a source key keep the first row."""
+    info = get_dataset_info(name)
+    mapped: dict[str, MappedRow] = {}
+    for row in rows:
+        m = info.mapper(row, recipe)
+        if m is not None and m.source_key not in mapped:
+            mapped[m.source_key] = m
+    usable = list(mapped.values())
+    partners = assign_partners(usable)
+    rhash = recipe_hash(recipe)
+    out = []
+    for m in usable:
+        partner = partners.get(m.source_key)
+        meta = dict(m.meta)
+        if partner is not None:
+            meta["unrelated_query"] = partner.query
+            meta["unrelated_source_key"] = partner.source_key
+        out.append(PreparedSample(name, recipe["split"], m.source_key, m.doc, m.query, m.answer, meta,
+                                  dict(recipe), rhash))
+    return out
+
+
+def sampling_order(samples: list[PreparedSample], seed: int) -> list[PreparedSample]:
+    """Samples in the seeded order every run takes its first N from (file order is irrelevant)."""
+    return sorted(samples, key=lambda s: (content_hash(["sample", seed, s.source_key]), s.source_key))
+
+
+_prepared_cache: dict[str, list[PreparedSample]] = {}
+
+
+def load_prepared(name: str, *, split: str | None = None, recipe: Mapping[str, Any] | None = None,
+                  data_dir: str | os.PathLike[str] | None = None) -> list[PreparedSample]:
+    """All usable samples of one dataset split under a recipe (cached per process)."""
+    full = build_recipe(name, split, recipe)
+    root = resolve_data_dir(data_dir)
+    key = content_hash([full, str(root) if root else None])
+    if key not in _prepared_cache:
+        rows = load_raw_rows(name, full["split"], root)
+        _prepared_cache[key] = prepare_rows(name, rows, full)
+    return _prepared_cache[key]
+
+
+def clear_cache() -> None:
+    _prepared_cache.clear()
+
+
+def load_samples(
+    name: str, *, n: int | None = None, seed: int = 42, split: str | None = None,
+    recipe: Mapping[str, Any] | None = None, data_dir: str | os.PathLike[str] | None = None,
+    limit: int | None = None,
+) -> list[PreparedSample]:
+    """The first ``min(n, limit)`` samples of the seeded order (all usable ones when n is None)."""
+    usable = load_prepared(name, split=split, recipe=recipe, data_dir=data_dir)
+    want = len(usable) if n is None else n
+    if limit is not None:
+        want = min(want, limit)
+    if want > len(usable):
+        raise DatasetError(
+            f"Dataset {name} has {len(usable)} usable rows; the spec asks for {want}.",
+            hint="lower the dataset's n in the spec, or pass --limit N",
+        )
+    return sampling_order(usable, seed)[:want]
