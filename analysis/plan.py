@@ -21,6 +21,14 @@ Keys (all optional):
 - ``hardness_bins`` (5).
 
 Names may be ``condition@mode`` to pick a scoring mode when a model has several.
+
+The spec files' vocabulary is accepted too: ``baseline`` (= reference), ``contrasts`` as a
+list of names (the conditions compared with the baseline, in display order),
+``selection: {stage, fraction, by}`` (= hard_selection), ``semantic_delta: {reference}``
+(= semantic_reference), ``llm_vs_generic: {llm: [...], generic: name}`` (paired
+comparisons of each llm condition with the generic one), ``hardness_quintiles: 5``
+(= hardness_bins), ``ranking: false`` to skip the ranking, and ``pooled`` /
+``cross_dataset_consistency`` (always on).
 """
 from __future__ import annotations
 
@@ -31,6 +39,12 @@ from analysis.stats import DEFAULT_LENGTH_BINS
 from tracker.errors import SpecError
 
 HARDNESS_CHOICES = ("auto", "bare_nl", "odd_even", "none")
+KNOWN_KEYS = frozenset({
+    "reference", "baseline", "references", "conditions", "datasets", "contrasts", "comparisons", "gradient",
+    "structural", "hard_selection", "selection", "semantic_reference", "semantic_delta", "factorial",
+    "group_by_answer_length", "hardness_independent", "hardness_bins", "hardness_quintiles", "ranking",
+    "llm_vs_generic", "pooled", "cross_dataset_consistency",
+})
 
 
 @dataclass(frozen=True)
@@ -69,6 +83,8 @@ class AnalysisPlan:
     length_bins: tuple[tuple[int, int | None], ...] | None = None
     hardness_independent: str = "auto"
     hardness_bins: int = 5
+    ranking: bool = True
+    unknown_keys: tuple[str, ...] = ()
     raw: dict = field(default_factory=dict, compare=False)
 
 
@@ -167,12 +183,28 @@ def _factorial(value, index: int) -> Factorial:
     )
 
 
+def _contrasts(plan: dict) -> tuple[tuple[tuple[str, str], ...], tuple[str, ...]]:
+    """(paired comparisons, conditions named for the baseline table) from contrasts and friends."""
+    raw = plan.get("contrasts") or []
+    if isinstance(raw, str) or not isinstance(raw, Sequence):
+        raise SpecError(f"analysis.contrasts must be a list, got {raw!r}.", hint="write contrasts: [a, b, ...] or [[a, b], ...]")
+    names = tuple(str(c) for c in raw if isinstance(c, str))
+    pairs = list(_pairs([c for c in raw if not isinstance(c, str)]))
+    pairs += _pairs(plan.get("comparisons"))
+    lvg = plan.get("llm_vs_generic")
+    if lvg:
+        if not isinstance(lvg, Mapping) or "generic" not in lvg:
+            raise SpecError(f"analysis.llm_vs_generic must be {{llm: [...], generic: name}}, got {lvg!r}.")
+        pairs += [(str(c), str(lvg["generic"])) for c in _names(lvg.get("llm"), "llm_vs_generic.llm")]
+    return tuple(dict.fromkeys(pairs)), names
+
+
 def normalize_plan(plan: Mapping | AnalysisPlan | None) -> AnalysisPlan:
     """Check a plan dict and fill defaults; malformed fields raise :class:`SpecError`."""
     if isinstance(plan, AnalysisPlan):
         return plan
     plan = dict(plan or {})
-    reference = str(plan.get("reference") or "bare")
+    reference = str(plan.get("reference") or plan.get("baseline") or "bare")
     factorial = plan.get("factorial")
     factorials = [] if factorial in (None, False) else [factorial] if isinstance(factorial, Mapping) else list(factorial)
     hardness = plan.get("hardness_independent", "auto")
@@ -182,19 +214,27 @@ def normalize_plan(plan: Mapping | AnalysisPlan | None) -> AnalysisPlan:
             f"analysis.hardness_independent must be one of {', '.join(HARDNESS_CHOICES)}, got {hardness!r}."
         )
     semantic = plan.get("semantic_reference")
+    if not semantic and isinstance(plan.get("semantic_delta"), Mapping):
+        semantic = plan["semantic_delta"].get("reference")
+    pairs, contrast_names = _contrasts(plan)
+    conditions = _names(plan.get("conditions"), "conditions") or contrast_names
+    hard = plan.get("hard_selection", plan.get("selection"))
+    bins = plan.get("hardness_bins", plan.get("hardness_quintiles", 5))
     return AnalysisPlan(
         reference=reference,
         references=tuple(r for r in _names(plan.get("references"), "references") if r != reference),
-        conditions=_names(plan.get("conditions"), "conditions"),
+        conditions=conditions,
         datasets=_names(plan.get("datasets"), "datasets"),
-        contrasts=_pairs(plan.get("contrasts")),
+        contrasts=pairs,
         gradient=_names(plan.get("gradient"), "gradient"),
         structural=_structural(plan.get("structural")),
-        hard_selection=_hard(plan.get("hard_selection"), reference),
+        hard_selection=_hard(hard, reference),
         semantic_reference=str(semantic) if semantic else None,
         factorials=tuple(_factorial(f, i) for i, f in enumerate(factorials)),
         length_bins=_bins(plan.get("group_by_answer_length")),
         hardness_independent=hardness,
-        hardness_bins=int(plan.get("hardness_bins", 5)),
+        hardness_bins=int(bins) if bins not in (None, False, True) else 5,
+        ranking=plan.get("ranking", True) is not False,
+        unknown_keys=tuple(sorted(k for k in plan if k not in KNOWN_KEYS)),
         raw=plan,
     )

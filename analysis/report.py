@@ -178,7 +178,7 @@ def _analyse_view(view: ModeView, plan: AnalysisPlan, out: _Collector, settings:
         elif plan.hardness_independent != "none":
             out.note(f"{where}: no independent hardness (no bare_nl scores and no token NLLs).")
     ranked = ([ref] if ref in view.nll else []) + own
-    if len(ranked) >= 2:
+    if plan.ranking and len(ranked) >= 2:
         out.add("ranking", tables.ranking_rows(view, ranked))
 
     population, pop_mask = "all", None
@@ -225,6 +225,9 @@ def _analyse_view(view: ModeView, plan: AnalysisPlan, out: _Collector, settings:
         out.note(f"{where}: structural fraction needs scores of {ref}, {structural[0]} and {structural[1]}.")
 
     contrasts = tables.comparison_pairs(view, plan.contrasts)
+    skipped = [f"{a} vs {b}" for a, b in plan.contrasts if (a, b) not in contrasts]
+    if skipped:
+        out.note(f"{where}: comparisons without scores on both sides: {', '.join(skipped)}.")
     if contrasts:
         out.add("effects", tables.effect_rows(view, contrasts, table="comparison", settings=settings))
 
@@ -280,6 +283,8 @@ def build_report(
         kept, reference=plan.reference, condition_order=plan.conditions, dataset_order=plan.datasets
     )
     out = _Collector()
+    if plan.unknown_keys:
+        out.note(f"Analysis plan keys not used: {', '.join(plan.unknown_keys)}.")
     for row in versions.itertuples():
         if row.rows_dropped:
             out.note(

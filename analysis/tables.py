@@ -240,32 +240,37 @@ def hard_mask(
     """The hard examples: stored selection members per dataset when present, else computed.
 
     Computed = ceil(fraction n) highest NLL under ``by`` per dataset, ties by sample id.
-    Returns (mask, one description row per dataset, saying where the selection came from
-    and whether the stored one agrees with a recomputation).
+    Stored members are matched by sample id (a selection's dataset label may differ from the
+    samples' dataset name). Returns (mask, one row per dataset saying where the selection
+    came from and whether the stored one agrees with a recomputation under its own rule).
     """
     values = view.resolve(by)
     mask = np.zeros(view.n, dtype=bool)
+    has_stored = stored is not None and not stored.empty
     rows = []
     for ds in view.datasets:
         in_ds = view.dataset == ds
         candidates = in_ds & np.isfinite(values) if values is not None else np.zeros(view.n, dtype=bool)
-        computed = np.zeros(view.n, dtype=bool)
-        if candidates.any():
-            computed[candidates] = stats.select_hardest(values[candidates], view.sample_id[candidates], fraction)
-        members = None if stored is None or stored.empty else stored[stored["dataset"] == ds]
+        members = stored[stored["sample_id"].isin(view.sample_id[in_ds])] if has_stored else None
         if members is not None and not members.empty:
             chosen = in_ds & np.isin(view.sample_id, members["sample_id"].to_numpy())
-            source = f"stored selection {int(members['selection_id'].iloc[0])}"
+            source = "stored selection " + ",".join(str(int(i)) for i in sorted(members["selection_id"].unique()))
             n_stored = int(len(members))
-            agrees = bool(np.array_equal(chosen, computed))
+            rule = members["rule"].iloc[0] if "rule" in members else {}
+            rule_fraction = float(rule.get("fraction", fraction)) if isinstance(rule, dict) else fraction
         else:
-            chosen, source, n_stored, agrees = computed, "computed", None, None
+            chosen, source, n_stored, rule_fraction = None, "computed", None, fraction
+        computed = np.zeros(view.n, dtype=bool)
+        if candidates.any():
+            computed[candidates] = stats.select_hardest(values[candidates], view.sample_id[candidates], rule_fraction)
+        agrees = None if chosen is None else bool(np.array_equal(chosen, computed))
+        chosen = computed if chosen is None else chosen
         mask |= chosen
         picked = values[chosen] if values is not None else np.array([])
         picked = picked[np.isfinite(picked)]
         rows.append(
             {
-                **_meta(view), "dataset": ds, "by": view.label(by), "fraction": fraction, "source": source,
+                **_meta(view), "dataset": ds, "by": view.label(by), "fraction": rule_fraction, "source": source,
                 "n_candidates": int(candidates.sum()), "n_selected": int(chosen.sum()), "n_stored": n_stored,
                 "threshold": float(picked.min()) if picked.size else None, "agrees_with_recomputed": agrees,
             }

@@ -346,7 +346,9 @@ def test_render_text_reads_like_the_seed(big_report):
 def test_plan_errors_name_the_field():
     frame = make_run(datasets=("alpha",), n_per_dataset=5, seed=12).results_frame()
     with pytest.raises(SpecError, match="contrasts"):
-        build_report(frame, {"contrasts": ["helps"]}, experiment="syn")
+        build_report(frame, {"contrasts": [["helps"]]}, experiment="syn")
+    with pytest.raises(SpecError, match="contrasts"):
+        build_report(frame, {"contrasts": "helps"}, experiment="syn")
     with pytest.raises(SpecError, match="factorial"):
         build_report(frame, {"factorial": {"rows": ["a", "b"]}}, experiment="syn")
     with pytest.raises(SpecError, match="hardness_independent"):
@@ -374,3 +376,41 @@ def test_mode_without_reference_borrows_it():
     w = frame.pivot_table(index="sample_id", columns=["mode", "condition"], values="nll")
     assert bidir["mean_delta"] == pytest.approx((w[("two_phase", "bare")] - w[("prefix_lm_bidir", "oracle")]).mean())
     assert row(report.effects, table="main", mode="two_phase", condition="oracle")["reference"] == "bare"
+
+
+def test_spec_file_vocabulary_is_understood():
+    """The shipped specs' analysis sections (baseline, selection, semantic_delta, llm_vs_generic...)."""
+    from analysis.plan import normalize_plan
+
+    plan = normalize_plan({
+        "baseline": "bare",
+        "selection": {"stage": 2},
+        "semantic_delta": {"reference": "random_tokens"},
+        "contrasts": ["random_tokens", "llm_extract", "extractor_matched"],
+        "gradient": ["random_tokens", "oracle"],
+        "llm_vs_generic": {"llm": ["llm_extract", "llm_question"], "generic": "extractor_matched"},
+        "hardness_quintiles": 4,
+        "ranking": False,
+        "cross_dataset_consistency": True,
+        "pooled": True,
+        "mystery": 1,
+    })
+    assert plan.reference == "bare"
+    assert plan.hard_selection is not None and (plan.hard_selection.stage, plan.hard_selection.fraction) == (2, 0.4)
+    assert plan.hard_selection.by == "bare"
+    assert plan.semantic_reference == "random_tokens"
+    assert plan.conditions == ("random_tokens", "llm_extract", "extractor_matched")
+    assert plan.contrasts == (("llm_extract", "extractor_matched"), ("llm_question", "extractor_matched"))
+    assert plan.hardness_bins == 4 and not plan.ranking
+    assert plan.unknown_keys == ("mystery",)
+
+    run = make_run(datasets=("alpha",), n_per_dataset=20, effects={"random_tokens": 0.2, "llm_extract": 0.1,
+                                                                  "extractor_matched": 0.5}, seed=15)
+    report = build_report(run.results_frame(), plan, experiment="syn", bootstrap=0)
+    assert "ranking" not in report.tables
+    assert set(report.tables["hardness"]["quintile"]) == {1, 2, 3, 4}
+    cmp_rows = report.effects[report.effects["table"] == "comparison"]
+    assert cmp_rows[["condition", "reference"]].values.tolist() == [["llm_extract", "extractor_matched"]]
+    assert "Analysis plan keys not used: mystery." in report.notes
+    main = report.effects[(report.effects["table"] == "main")]
+    assert main["condition"].tolist() == ["random_tokens", "llm_extract", "extractor_matched"]
