@@ -65,6 +65,7 @@ _SELECTIONS_SQL = text(
     FROM selections sel
     JOIN selection_members m ON m.selection_id = sel.id
     WHERE sel.run_id = :run_id
+    ORDER BY sel.stage, sel.dataset, m.rank
     """
 )
 
