@@ -439,3 +439,22 @@ def test_non_finite_nlls_are_refused_not_stored(monkeypatch):
     with pytest.raises(TrackerError, match="non-finite"):
         backend.score(_tasks(("encdec_q",))[:1])
     assert backend_module._max_abs_diff([float("nan"), 0.0], [1.0, 0.0]) == float("inf")
+
+
+def test_registry_builds_this_backend_and_decoder_modes_are_refused_per_job():
+    from workers.backends import get_backend
+
+    backend = get_backend("tiny-random-bart", "cpu")
+    assert isinstance(backend, EncDecBackend)
+    with pytest.raises(ConfigError, match="two_phase") as info:
+        backend.score([ScoreTask(41, "two_phase", SAMPLE, CONDITIONS[0])])
+    assert info.value.job_id == 41
+
+
+def test_batch_composition_is_recorded(backend):
+    results = backend.score(_tasks(("encdec_q", "encdec_nq")))
+    jobs = [r.job_id for r in results]
+    assert all(r.extras["batch_jobs"] == jobs and r.extras["padded"] is True for r in results)
+    alone = backend.score(_tasks(("encdec_q",))[:1])[0]
+    assert alone.extras["batch_jobs"] == [0] and alone.extras["padded"] is False
+    assert alone.extras["mode"] == "encdec_q" and alone.extras["prefix_hidden"] is True

@@ -24,8 +24,10 @@ from typing import Any
 import torch
 import transformers
 
+from tracker.conditions import build_prefix_ids, special_ids
 from tracker.errors import DeviceError, InputTooLongError, SelfCheckFailed, TrackerError
 from workers.backends.base import GenerateResult, GenerateTask, ScoreResult, ScoreTask, ScoringBackend
+from workers.registry import LoadedModel, ModelSpec, check_mode_allowed, load_pretrained
 from workers.scoring.encdec import (
     ENCDEC_SCORER_VERSION,
     EncDecLayout,
@@ -111,10 +113,8 @@ class EncDecBackend(ScoringBackend):
 
     name = "encdec"
 
-    def __init__(self, spec, device: str = "cpu", dtype: str | None = None, *,
-                 max_batch_rows: int = DEFAULT_MAX_BATCH_ROWS, loaded=None) -> None:
-        from workers.registry import load_pretrained
-
+    def __init__(self, spec: ModelSpec, device: str = "cpu", dtype: str | None = None, *,
+                 max_batch_rows: int = DEFAULT_MAX_BATCH_ROWS, loaded: LoadedModel | None = None) -> None:
         self.spec = spec
         self.loaded = loaded if loaded is not None else load_pretrained(spec, device, dtype, attn_implementation="sdpa")
         self.model = self.loaded.model.eval()
@@ -147,7 +147,14 @@ class EncDecBackend(ScoringBackend):
     def score(self, tasks: list[ScoreTask]) -> list[ScoreResult]:
         """One result per task, in order; all tasks of one sample (and probe flag) share a forward pass."""
         encode_cache: dict[str, list[int]] = {}
-        prepared = [self._prepare(task, encode_cache) for task in tasks]
+        prepared = []
+        for task in tasks:
+            try:
+                check_mode_allowed(self.spec, task.mode)
+                prepared.append(self._prepare(task, encode_cache))
+            except TrackerError as error:
+                error.job_id = task.job_id  # type: ignore[attr-defined]  # lets the worker fail just this job
+                raise
         groups: OrderedDict[tuple[Any, bool], list[int]] = OrderedDict()
         for index, item in enumerate(prepared):
             key = (item.task.sample.get("id", item.task.sample.get("source_key")), parse_mode(item.task.mode).probe)
@@ -155,9 +162,14 @@ class EncDecBackend(ScoringBackend):
         results: list[ScoreResult | None] = [None] * len(tasks)
         for (_, probe), indices in groups.items():
             for batch, scores in self._score_adaptively(prepared, indices, probe):
-                job_ids = [prepared[i].task.job_id for i in batch]
+                layouts = [prepared[i].layout for i in batch]
+                composition = {
+                    "batch_jobs": [prepared[i].task.job_id for i in batch],
+                    "padded": len({len(l.encoder_ids) for l in layouts}) > 1
+                    or len({len(l.decoder_ids) for l in layouts}) > 1,
+                }
                 for index, score in zip(batch, scores):
-                    results[index] = self._result(prepared[index], score, job_ids)
+                    results[index] = self._result(prepared[index], score, composition)
         return results  # type: ignore[return-value]  # every index was filled
 
     def _encode(self, text: str, cache: dict[str, list[int]]) -> list[int]:
@@ -166,8 +178,6 @@ class EncDecBackend(ScoringBackend):
         return cache[text]
 
     def _prepare(self, task: ScoreTask, cache: dict[str, list[int]]) -> _Prepared:
-        from tracker.conditions import build_prefix_ids, special_ids
-
         mode = parse_mode(task.mode)
         sample = task.sample
         doc_ids = self._encode(sample["doc"], cache)
@@ -224,7 +234,7 @@ class EncDecBackend(ScoringBackend):
         with attention_implementation(self.model, "eager"):
             return score_layouts(self.model, layouts, pad_id=self.pad_id, probe=True)
 
-    def _result(self, item: _Prepared, score: RowScore, batch_job_ids: list[int]) -> ScoreResult:
+    def _result(self, item: _Prepared, score: RowScore, composition: dict[str, Any]) -> ScoreResult:
         layout = item.layout
         if not all(math.isfinite(nll) for nll in score.token_nlls):
             raise TrackerError(
@@ -232,7 +242,9 @@ class EncDecBackend(ScoringBackend):
                 hint="score this model in bfloat16 or float32 (--dtype); T5 overflows in float16",
             )
         extras: dict[str, Any] = {
-            "batch_job_ids": batch_job_ids,
+            "mode": item.task.mode,
+            "scorer_version": ENCDEC_SCORER_VERSION,
+            **composition,
             "encoder_lead": list(self.lead),
             "encoder_trail": list(self.trail),
             "prefix_hidden": layout.hide_prefix,
@@ -252,7 +264,7 @@ class EncDecBackend(ScoringBackend):
             doc_ids=item.doc_ids,
             query_ids=item.query_ids,
             bos_id=self.start_id,
-            batch_size=len(batch_job_ids),
+            batch_size=len(composition["batch_jobs"]),
             extras=extras,
         )
 

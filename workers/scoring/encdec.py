@@ -167,7 +167,7 @@ def random_query_ids(
     The seed is derived with SHA-256 (not Python's salted ``hash``) so every worker and every
     rerun draws the same ids; special ids are rejected and redrawn.
     """
-    specials = set(special_ids)
+    specials = {i for i in special_ids if 0 <= i < vocab_size}
     if len(specials) >= vocab_size:
         raise ValueError("every token id is special; cannot draw a random query")
     digest = hashlib.sha256(f"encdec_rq:{source_key}".encode()).digest()
