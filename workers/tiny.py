@@ -82,6 +82,7 @@ def _seeded(build: Callable[[], PreTrainedModel]) -> PreTrainedModel:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(TINY_SEED)
         model = build()
+    model.requires_grad_(False)  # inference only: no autograd bookkeeping
     return model.eval()
 
 

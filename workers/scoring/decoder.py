@@ -173,6 +173,7 @@ def _left_pad(seqs: list[tuple[int, ...]], pad_id: int, device) -> tuple[torch.T
     return ids, pads, positions
 
 
+@torch.inference_mode()
 def run_phase_a(view: LanguageModelView, mode: str, layouts: list[RowLayout]):
     """Forward Phase A of a batch on a config-free cache. Returns (cache, pads [batch], padding mask or None)."""
     ids, pads, positions = _left_pad([lay.phase_a for lay in layouts], layouts[0].phase_a[0], view.device)
@@ -192,6 +193,7 @@ def run_phase_a(view: LanguageModelView, mode: str, layouts: list[RowLayout]):
     return cache, pads, padding_mask
 
 
+@torch.inference_mode()
 def select_and_rerotate(view: LanguageModelView, cache, pads: torch.Tensor, layouts: list[RowLayout]):
     """Keep BOS + doc entries of every row and move the doc keys to positions 1..D. -> cache of 1+D."""
     doc_len = layouts[0].doc_len
@@ -204,6 +206,7 @@ def select_and_rerotate(view: LanguageModelView, cache, pads: torch.Tensor, layo
     return cache_from_layers(layers)
 
 
+@torch.inference_mode()
 def run_phase_b(
     view: LanguageModelView,
     cache,
@@ -277,26 +280,29 @@ class BatchBudget:
 
 
 def _score_chunk_adaptive(view, mode, layouts, budget: BatchBudget) -> list[tuple[torch.Tensor, int]]:
-    """(nlls [A], batch size used) per row, splitting the chunk on OOM down to single rows."""
-    try:
-        nlls = score_chunk(view, mode, layouts)
-        return [(nlls[i], len(layouts)) for i in range(len(layouts))]
-    except Exception as error:  # noqa: BLE001 - only OOM is handled, everything else re-raised
-        if not _is_oom(error):
-            raise
-        budget.ooms += 1
-        if view.device.type == "cuda":
-            torch.cuda.empty_cache()
-        if len(layouts) == 1:
-            raise DeviceError(
-                f"out of memory scoring a single row of {len(layouts[0].phase_a)}+{len(layouts[0].phase_b)} tokens "
-                f"on {view.device}; use a smaller model, a shorter doc budget or a larger device"
-            ) from error
-        half = (len(layouts) + 1) // 2
-        budget.max_batch = max(1, min(budget.max_batch, half))
-        return _score_chunk_adaptive(view, mode, layouts[:half], budget) + _score_chunk_adaptive(
-            view, mode, layouts[half:], budget
-        )
+    """(nlls [A], batch size used) per row; on OOM halve the budget and carry on with smaller batches."""
+    done: list[tuple[torch.Tensor, int]] = []
+    remaining = list(layouts)
+    while remaining:
+        batch = remaining[: budget.max_batch]
+        try:
+            nlls = score_chunk(view, mode, batch)
+        except Exception as error:  # noqa: BLE001 - only OOM is handled, everything else re-raised
+            if not _is_oom(error):
+                raise
+            budget.ooms += 1
+            if view.device.type == "cuda":
+                torch.cuda.empty_cache()
+            if len(batch) == 1:
+                raise DeviceError(
+                    f"out of memory scoring a single row of {len(batch[0].phase_a)}+{len(batch[0].phase_b)} "
+                    f"tokens on {view.device}; use a smaller model, a shorter doc budget or a larger device"
+                ) from error
+            budget.max_batch = max(1, len(batch) // 2)
+            continue
+        done.extend((nlls[i], len(batch)) for i in range(len(batch)))
+        remaining = remaining[len(batch) :]
+    return done
 
 
 @torch.inference_mode()
