@@ -16,6 +16,7 @@ import re
 import subprocess
 import tempfile
 import time
+import warnings
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -202,7 +203,11 @@ def quiet_mlflow() -> Iterator[None]:
     for lg in loggers:
         lg.setLevel(logging.WARNING)
     try:
-        yield
+        with warnings.catch_warnings():
+            # MLflow's own store triggers SQLAlchemy deprecation warnings nobody here can act on
+            warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"(mlflow|sqlalchemy)\.")
+            warnings.filterwarnings("ignore", message=r".*noload.*")
+            yield
     finally:
         for lg, level in zip(loggers, levels):
             lg.setLevel(level)
