@@ -150,12 +150,9 @@ def scorer_version_for(family: str) -> str:
 
             return ENCDEC_SCORER_VERSION
         if family == "fake":
-            try:
-                from workers.backends import fake
+            from workers.backends.fake import FAKE_SCORER_VERSION
 
-                return getattr(fake, "SCORER_VERSION")
-            except (ImportError, AttributeError):
-                pass
+            return FAKE_SCORER_VERSION
         from workers.scoring import SCORER_VERSION
 
         return SCORER_VERSION
