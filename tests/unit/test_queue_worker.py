@@ -1,0 +1,164 @@
+"""The worker loop in-process with the fake backend: draining, failures, fencing, stops, outages."""
+from __future__ import annotations
+
+import signal
+import socket
+
+import pytest
+from sqlalchemy import select, update
+
+from queue_fixtures import add_dependency, job_rows, make_jobs, score_summary, status_counts, workers
+from tracker import queue
+from tracker.db import get_engine, session_scope
+from tracker.errors import ConfigError, DatabaseUnavailable, DeviceError
+from tracker.models import Job, JobStatus, Sample, Score
+from workers.backends.base import ScoreTask
+from workers.backends.fake import FakeBackend, fake_score
+from workers.worker import QueueWorker, WorkerOptions, resolve_device
+
+
+def _worker(engine, backend: FakeBackend, **options) -> QueueWorker:
+    opts = WorkerOptions(model="test-fake", exit_when_empty=True, poll_seconds=0.05, lease_seconds=30, **options)
+    return QueueWorker(engine, opts, backend_loader=lambda name, device, dtype: backend)
+
+
+def test_worker_drains_the_queue_with_exact_results(db_url):
+    engine = get_engine(db_url)
+    fx = make_jobs(engine, n_samples=5, modes=["two_phase", "full"])
+    backend = FakeBackend()
+    worker = _worker(engine, backend, batch_size=6)
+    assert worker.run() == 40
+    assert backend.calls == 40 and status_counts(engine) == {"done": 40}
+    assert score_summary(engine)[:2] == (40, 40)
+    names = {v: k for k, v in fx.condition_ids.items()}
+    with session_scope(engine) as s:
+        rows = s.execute(select(Score, Job, Sample).join(Job, Job.id == Score.job_id)
+                         .join(Sample, Sample.id == Job.sample_id)).all()
+    for score, job, sample in rows:
+        task_sample = {"id": sample.id, "doc": sample.doc, "query": sample.query, "answer": sample.answer}
+        condition = {"name": names[job.condition_id], "kind": "", "params": {}}
+        expected = fake_score(ScoreTask(job.id, job.mode, task_sample, condition))
+        assert score.nll == pytest.approx(expected.nll_mean)
+        assert score.batch_size == 4  # one group = the 4 conditions of a (sample, mode)
+        assert score.worker_id == worker.worker_id and score.device == "cpu"
+    [row] = workers(engine)
+    assert row.status == "stopped" and row.jobs_done == 40 and row.self_check["test-fake"]["ok"] is True
+    assert row.versions["backend"]["scorer_version"] == "fake-1"
+
+
+def test_one_failing_condition_fails_alone_and_its_dependants_with_it(sqlite_url):
+    engine = get_engine(sqlite_url)
+    fx = make_jobs(engine, n_samples=2, conditions=["bare", "oracle", "cursed"], max_attempts=2)
+    cursed = [fx.job_ids[2], fx.job_ids[5]]
+    waiting = make_jobs(engine, n_samples=1, conditions=["bare"]).job_ids[0]
+    add_dependency(engine, waiting, cursed[0])
+    backend = FakeBackend(fail_condition="cursed")
+    _worker(engine, backend, batch_size=3).run()
+    rows = job_rows(engine)
+    assert {i for i, r in rows.items() if r.status == JobStatus.failed} == {*cursed, waiting}
+    assert all(rows[i].attempts == 2 and rows[i].error_type == "workers.backends.fake.FakeScoringError"
+               for i in cursed)
+    assert "injected failure" in rows[cursed[0]].error_message
+    assert "Traceback (most recent call last)" in rows[cursed[0]].error_traceback
+    assert "FakeScoringError" in rows[waiting].error_message and rows[waiting].error_type == "DependencyFailed"
+    assert backend.calls == 4 and score_summary(engine)[:2] == (4, 4)  # the good jobs, each once
+
+
+def test_a_reclaimed_batch_is_not_written_by_the_old_holder(sqlite_url):
+    engine = get_engine(sqlite_url)
+    fx = make_jobs(engine, n_samples=1, conditions=["bare", "oracle"])
+    thief = queue.register_worker(engine, name="thief", host=socket.gethostname(), pid=1, device="cpu")
+
+    class StolenWhileScoring(FakeBackend):
+        def score(self, tasks):
+            with session_scope(engine) as s:  # our lease runs out and another worker takes the jobs
+                s.execute(update(Job).values(lease_expires_at=queue.db_now("sqlite", -1)))
+            stolen = queue.claim_batch(engine, thief, fx.model_id, 10, 30)
+            queue.complete_scores(engine, stolen[0].lease_token, FakeBackend().score(
+                [t for t in tasks]), worker_id=thief)
+            return super().score(tasks)
+
+    worker = _worker(engine, StolenWhileScoring())
+    assert worker.run() == 0
+    assert score_summary(engine) == (2, 2, {thief: 2})
+    assert all(r.attempts == 2 for r in job_rows(engine).values())
+
+
+def test_second_signal_gives_the_batch_back(sqlite_url):
+    engine = get_engine(sqlite_url)
+    make_jobs(engine, n_samples=2, conditions=["bare", "oracle"])
+
+    class Interrupted(FakeBackend):
+        def score(self, tasks):
+            handler = signal.getsignal(signal.SIGTERM)
+            handler(signal.SIGTERM, None)
+            handler(signal.SIGTERM, None)  # raises WorkerInterrupted here, mid-call
+            raise AssertionError("not reached")
+
+    worker = _worker(engine, Interrupted(), batch_size=4)
+    assert worker.run() == 0
+    assert status_counts(engine) == {"pending": 4}
+    assert all(r.attempts == 0 and r.lease_token is None for r in job_rows(engine).values())
+    assert workers(engine)[0].status == "stopped"
+
+
+def test_first_signal_finishes_the_group_and_releases_the_rest(sqlite_url):
+    engine = get_engine(sqlite_url)
+    fx = make_jobs(engine, n_samples=2, conditions=["bare", "oracle"])
+
+    class Stopped(FakeBackend):
+        def score(self, tasks):
+            signal.getsignal(signal.SIGINT)(signal.SIGINT, None)
+            return super().score(tasks)
+
+    assert _worker(engine, Stopped(), batch_size=4).run() == 2
+    rows = job_rows(engine)
+    assert [rows[i].status for i in fx.job_ids] == [JobStatus.done] * 2 + [JobStatus.pending] * 2
+    assert rows[fx.job_ids[2]].attempts == 0
+
+
+def test_results_in_hand_survive_a_database_outage(sqlite_url, monkeypatch):
+    engine = get_engine(sqlite_url)
+    make_jobs(engine, n_samples=3, conditions=["bare", "oracle"])
+    real = queue.complete_scores
+    failures = iter([True, True, True])
+
+    def flaky(*args, **kwargs):
+        if next(failures, False):
+            raise DatabaseUnavailable("The database does not answer: server closed the connection")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(queue, "complete_scores", flaky)
+    backend = FakeBackend()
+    assert _worker(engine, backend).run() == 6
+    assert backend.calls == 6 and score_summary(engine)[:2] == (6, 6)
+
+
+def test_max_jobs_stops_early(sqlite_url):
+    engine = get_engine(sqlite_url)
+    make_jobs(engine, n_samples=3, conditions=["bare", "oracle"])
+    assert _worker(engine, FakeBackend(), max_jobs=3).run() == 3
+    assert status_counts(engine) == {"done": 3, "pending": 3}
+
+
+def test_sqlite_refuses_workers_on_a_second_host(sqlite_url):
+    engine = get_engine(sqlite_url)
+    make_jobs(engine, n_samples=1)
+    queue.register_worker(engine, name="far", host="another-host", pid=1, device="cpu")
+    with pytest.raises(ConfigError, match="SQLite is for worker processes on one host"):
+        _worker(engine, FakeBackend()).run()
+    assert status_counts(engine) == {"pending": 4}
+
+
+def test_device_choices():
+    assert resolve_device(None, None) == "cpu"
+    assert resolve_device(None, "cpu") == "cpu"
+    with pytest.raises(ConfigError, match="either --gpu or --device"):
+        resolve_device(0, "cpu")
+    with pytest.raises(ConfigError, match="Unknown device"):
+        resolve_device(None, "tpu")
+    import torch
+
+    if torch.cuda.device_count() < 8:
+        with pytest.raises(DeviceError, match="no GPU 7"):
+            resolve_device(7, None)
