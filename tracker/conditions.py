@@ -393,11 +393,11 @@ def check_prompt_template(prompt: str, where: str) -> None:
     try:
         fields = {f for _, f, _, _ in string.Formatter().parse(prompt) if f is not None}
     except ValueError as err:
-        raise SpecError(f"{where}: not a valid prompt template ({err})",
+        raise SpecError(f"spec field `{where}`: not a valid prompt template ({err})",
                         hint="write {doc} / {query} for the sample's fields and {{ }} for literal braces") from err
     unknown = fields - PROMPT_FIELDS
     if unknown:
-        raise SpecError(f"{where}: unknown placeholder(s) {sorted(unknown)}",
+        raise SpecError(f"spec field `{where}`: unknown placeholder(s) {sorted(unknown)}",
                         hint="a surrogate prompt may use only {doc} and {query}")
 
 

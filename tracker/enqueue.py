@@ -199,6 +199,8 @@ class StageReport:
     planned_generate_max: int = 0
     selections_done: int = 0
     blocked_on_failed: int = 0  # new jobs waiting on a generation job that failed
+    by_dataset: dict[str, JobCounts] = field(default_factory=dict)     # scoring jobs per dataset key
+    planned_new_by_dataset: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -754,7 +756,7 @@ def _enqueue_in_session(session: Session, spec: ExperimentSpec, options: Enqueue
     for d in spec.datasets:
         result = write_score_jobs(session, run_id, first.number, ctx.plans(samples[d.key], first.conditions),
                                   dry_run=dry_run, members=ctx.members)
-        _fold(stage1, result, report)
+        _fold(stage1, result, report, d.key)
         stage1_jobs[d.key] = result.score_jobs
     report.stages.append(stage1)
     for stage in spec.stages[1:]:
@@ -769,8 +771,9 @@ def _enqueue_in_session(session: Session, spec: ExperimentSpec, options: Enqueue
     return report
 
 
-def _fold(stage: StageReport, result: WriteResult, report: EnqueueReport) -> None:
+def _fold(stage: StageReport, result: WriteResult, report: EnqueueReport, dataset: str) -> None:
     stage.score.add(result.score)
+    stage.by_dataset.setdefault(dataset, JobCounts()).add(result.score)
     stage.generate.add(result.generate)
     stage.blocked_on_failed += result.blocked_on_failed
     report.cost.add(result.cost)
@@ -792,13 +795,15 @@ def _later_stage(session: Session, ctx: _Context, stage: Any, d: Any,
             chosen = selected_samples(session, selection.id)
             result = write_score_jobs(session, ctx.run_id, stage.number, ctx.plans(chosen, stage.conditions),
                                       dry_run=ctx.dry_run, members=ctx.members)
-            _fold(sr, result, report)
+            _fold(sr, result, report, d.key)
             sr.selections_done += 1
             return
 
     all_plans = ctx.plans(samples, stage.conditions)
     sr.planned += k * len(all_plans) // max(len(samples), 1)
+    before = sr.planned_new_max
     _planned_upper_bounds(session, all_plans, k, sr, report)
+    sr.planned_new_by_dataset[d.key] = sr.planned_new_max - before
 
     by = model.condition(rule.by)
     by_mode = ctx.spec.modes_for(by.definition)[0]
