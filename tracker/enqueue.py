@@ -288,7 +288,7 @@ def existing_surrogates(session: Session, sample_ids: Iterable[int]) -> set[tupl
         found.update(session.execute(
             select(Surrogate.sample_id, Surrogate.kind, Surrogate.prompt_hash, Surrogate.generator_model_id)
             .where(Surrogate.sample_id.in_(chunk))
-        ).tuples())
+        ).all())
     return found
 
 
@@ -322,13 +322,13 @@ class ScorePlan:
     def sample_id(self) -> int | None:
         return self.sample.get("id")
 
-    @property
+    @functools.cached_property
     def job_key(self) -> str | None:
         if self.sample_id is None or self.condition_id is None or self.model_id is None:
             return None
         return score_job_key(self.sample_id, self.condition_id, self.model_id, self.mode, self.scorer_version)
 
-    @property
+    @functools.cached_property
     def generate_key(self) -> str | None:
         s = self.surrogate
         if s is None or s.generator_model_id is None or self.sample_id is None:
