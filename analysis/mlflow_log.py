@@ -273,7 +273,9 @@ def log_to_mlflow(
     Metrics: :func:`report_metrics`. Artifacts: ``spec.yaml``, ``report.json``,
     ``report.txt``, ``tables/<name>.csv|json`` and ``figures/*.png``.
     """
+    # no system-metrics thread, no usage telemetry (these machines are often offline)
     os.environ.setdefault("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "false")
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     # import first: importing mlflow configures its loggers, which would undo quiet_mlflow
     from mlflow import MlflowClient
     from mlflow.entities import Metric, Param, RunTag

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 from sqlalchemy import Engine
 
-from analysis import load, tables
+from analysis import load, stats, tables
 from analysis.plan import AnalysisPlan, normalize_plan
 from analysis.tables import EFFECT_COLUMNS, HARDNESS_COLUMNS, Settings
 from analysis.views import ModeView, build_views
@@ -94,9 +94,29 @@ def _json_safe(value):
     return value
 
 
+def _column_values(series: pd.Series) -> list:
+    """One column as JSON-safe Python values (column-wise: fast for big tables)."""
+    if pd.api.types.is_bool_dtype(series.dtype) and not series.isna().any():
+        return series.astype(bool).tolist()
+    if pd.api.types.is_integer_dtype(series.dtype) and not series.isna().any():
+        return series.astype("int64").tolist()
+    if pd.api.types.is_float_dtype(series.dtype):
+        values = series.to_numpy(dtype=float, na_value=np.nan)
+        return [v if math.isfinite(v) else None for v in values.tolist()]
+    return [_json_safe(None if _is_missing(v) else v) for v in series.tolist()]
+
+
+def _is_missing(value) -> bool:
+    if value is None or value is pd.NA or value is pd.NaT:
+        return True
+    return isinstance(value, float) and not math.isfinite(value)
+
+
 def frame_records(frame: pd.DataFrame) -> list[dict]:
     """DataFrame rows as JSON-safe dicts (no NaN: missing values are null)."""
-    return [_json_safe(rec) for rec in frame.astype(object).where(frame.notna(), None).to_dict("records")]
+    names = [str(c) for c in frame.columns]
+    columns = [_column_values(frame.iloc[:, j]) for j in range(frame.shape[1])]
+    return [dict(zip(names, values)) for values in zip(*columns)] if len(frame) else []
 
 
 def _frame(rows: list[dict], columns: list[str] | None = None) -> pd.DataFrame:
@@ -274,7 +294,23 @@ def build_report(
     :func:`analysis.load.load_token_parity`'s frame, ``selections`` :func:`load.load_selections`'.
     """
     plan = normalize_plan(plan)
-    settings = Settings(bootstrap=int(bootstrap), seed=int(seed))
+    try:
+        return _build_report(results, plan, experiment, run_id, token_parity, selections, int(bootstrap), int(seed))
+    finally:
+        stats.clear_resample_cache()
+
+
+def _build_report(
+    results: pd.DataFrame,
+    plan: AnalysisPlan,
+    experiment: str,
+    run_id: int | None,
+    token_parity: pd.DataFrame | None,
+    selections: pd.DataFrame | None,
+    bootstrap: int,
+    seed: int,
+) -> AnalysisReport:
+    settings = Settings(bootstrap=bootstrap, seed=seed)
     frame = load.normalize_results(results) if len(results) else load.normalize_results(
         pd.DataFrame(columns=load.RESULT_COLUMNS)
     )

@@ -15,6 +15,7 @@ saying why, never a crash or a silent NaN.
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
 import math
 import warnings
@@ -23,6 +24,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
 
 import numpy as np
+from scipy import special
 from scipy import stats as sps
 from statsmodels.stats.multitest import multipletests
 
@@ -125,7 +127,7 @@ def paired_ttest(deltas: np.ndarray) -> tuple[float | None, float | None, str]:
     if is_constant(deltas):
         return None, None, NOTE_SD0
     t = deltas.mean() / (deltas.std(ddof=1) / math.sqrt(n))
-    p = 2.0 * sps.t.sf(abs(t), df=n - 1)
+    p = 2.0 * special.stdtr(n - 1, -abs(t))  # Student t CDF; scipy.stats.t.sf without its overhead
     return _clean(t), _clean(p), ""
 
 
@@ -260,22 +262,51 @@ def holm_families(families: Sequence[Sequence[float | None]]) -> list[list[float
     return results
 
 
-def group_seed(seed: int, *labels: object) -> np.random.SeedSequence:
-    """A seed for one table cell that does not depend on the order cells are computed in."""
+def group_seed(seed: int, *labels: object) -> tuple[int, int]:
+    """Seed entropy for one resampled sample set, independent of the order cells are computed in."""
     key = "\x1f".join(str(label) for label in labels)
-    return np.random.SeedSequence([int(seed), zlib.crc32(key.encode())])
+    return (int(seed), zlib.crc32(key.encode()))
 
 
-def resample_weights(n: int, resamples: int, seed: int | np.random.SeedSequence) -> np.ndarray:
+def sample_set_seed(seed: int, sample_ids: np.ndarray) -> tuple[int, int]:
+    """Seed entropy keyed by the resampled samples themselves.
+
+    Every statistic bootstrapped over the same samples (a condition's d in several tables,
+    the two d's of a structural fraction) then sees the same draws: reproducible, and
+    generated once (see :func:`resample_weights`' cache).
+    """
+    return (int(seed), zlib.crc32(np.ascontiguousarray(sample_ids, dtype=np.int64).tobytes()))
+
+
+def resample_weights(n: int, resamples: int, seed: int | tuple[int, ...] | np.random.SeedSequence) -> np.ndarray:
     """Bootstrap draws as counts: row b says how often each of the n samples was drawn.
 
     Equivalent to indexing with ``rng.integers(0, n, (resamples, n))``, but lets the mean
     and sd of every draw for many columns at once come from one matrix product.
     """
+    if isinstance(seed, tuple):
+        return _cached_weights(n, resamples, seed)
+    return _draw_weights(n, resamples, seed)
+
+
+def _draw_weights(n: int, resamples: int, seed) -> np.ndarray:
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, n, size=(resamples, n))  # [resamples, n]
     flat = idx + (np.arange(resamples, dtype=np.int64) * n)[:, None]
-    return np.bincount(flat.ravel(), minlength=resamples * n).reshape(resamples, n).astype(float)
+    counts = np.bincount(flat.ravel(), minlength=resamples * n).reshape(resamples, n)
+    weights = counts.astype(np.uint16 if n < 2**16 else np.int64)  # compact while cached
+    weights.flags.writeable = False
+    return weights
+
+
+@functools.lru_cache(maxsize=16)
+def _cached_weights(n: int, resamples: int, seed: tuple[int, ...]) -> np.ndarray:
+    return _draw_weights(n, resamples, np.random.SeedSequence(list(seed)))
+
+
+def clear_resample_cache() -> None:
+    """Drop cached bootstrap draws (a report build clears them when done)."""
+    _cached_weights.cache_clear()
 
 
 def weighted_d(weights: np.ndarray, values: np.ndarray) -> np.ndarray:
@@ -284,11 +315,11 @@ def weighted_d(weights: np.ndarray, values: np.ndarray) -> np.ndarray:
     NaN where a draw's sd is 0 in substance (e.g. one sample drawn n times).
     """
     values = np.asarray(values, dtype=float).reshape(values.shape[0], -1)  # [n, k]
-    n = values.shape[0]
+    n, k = values.shape
     center = values.mean(axis=0)  # [k]
     x = values - center  # centred for a stable variance
-    s1 = weights @ x  # [resamples, k]
-    s2 = weights @ (x * x)  # [resamples, k]
+    sums = weights.astype(float) @ np.hstack([x, x * x])  # [resamples, 2k], one pass over the draws
+    s1, s2 = sums[:, :k], sums[:, k:]
     mean_c = s1 / n
     var = (s2 - n * mean_c * mean_c) / (n - 1)
     scale = np.maximum(1.0, np.abs(values).max(axis=0))  # [k]
@@ -307,7 +338,7 @@ def _percentile_ci(values: np.ndarray, level: float) -> tuple[float | None, floa
 
 
 def bootstrap_d_cis(
-    deltas: np.ndarray, *, resamples: int = 1000, seed: int | np.random.SeedSequence = 0, level: float = 0.95
+    deltas: np.ndarray, *, resamples: int = 1000, seed: int | tuple[int, ...] = 0, level: float = 0.95
 ) -> list[tuple[float | None, float | None, str]]:
     """Percentile bootstrap CIs of Cohen's d for k columns of deltas [n, k] over the same samples.
 
@@ -331,7 +362,7 @@ def bootstrap_d_cis(
 
 
 def bootstrap_d_ci(
-    deltas: np.ndarray, *, resamples: int = 1000, seed: int | np.random.SeedSequence = 0, level: float = 0.95
+    deltas: np.ndarray, *, resamples: int = 1000, seed: int | tuple[int, ...] = 0, level: float = 0.95
 ) -> tuple[float | None, float | None, str]:
     """Percentile bootstrap CI of Cohen's d (resampling samples with replacement)."""
     deltas = np.asarray(deltas, dtype=float)
@@ -375,7 +406,7 @@ def structural_fraction(
     nll_oracle: np.ndarray,
     *,
     resamples: int = 1000,
-    seed: int | np.random.SeedSequence = 0,
+    seed: int | tuple[int, ...] = 0,
     level: float = 0.95,
 ) -> StructuralFraction:
     """Structural fraction d(random)/d(oracle) with a paired bootstrap CI.

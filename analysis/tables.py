@@ -6,7 +6,6 @@ per-sample deltas of all datasets concatenated) when there are several datasets.
 """
 from __future__ import annotations
 
-import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -36,11 +35,6 @@ class Settings:
     level: float = 0.95
 
 
-def _mask_key(mask: np.ndarray, view: ModeView) -> int:
-    """A stable key of the sample set a mask selects (so equal sets get equal resamples)."""
-    return zlib.crc32(np.ascontiguousarray(view.sample_id[mask]).tobytes())
-
-
 def _meta(view: ModeView) -> dict:
     return {"model": view.model, "mode": view.mode}
 
@@ -51,16 +45,15 @@ def _effect_fields(eff: stats.PairedEffect) -> dict:
 
 
 def _bootstrap_by_sample_set(
-    masks: list[np.ndarray], deltas: list[np.ndarray], view: ModeView, labels: tuple, settings: Settings
+    masks: list[np.ndarray], deltas: list[np.ndarray], sample_ids: np.ndarray, settings: Settings
 ) -> list[tuple[float | None, float | None, str]]:
-    """Bootstrap CIs of d for several delta vectors, sharing resamples where samples coincide."""
+    """Bootstrap CIs of d for several delta vectors; vectors over the same samples share draws."""
     out: list[tuple[float | None, float | None, str]] = [(None, None, "")] * len(masks)
     groups: dict[bytes, list[int]] = {}
     for i, mask in enumerate(masks):
         groups.setdefault(np.packbits(mask).tobytes(), []).append(i)
     for members in groups.values():
-        mask = masks[members[0]]
-        seed = stats.group_seed(settings.seed, *labels, _mask_key(mask, view))
+        seed = stats.sample_set_seed(settings.seed, sample_ids[masks[members[0]]])
         matrix = np.column_stack([deltas[i] for i in members])  # [n, k]
         cis = stats.bootstrap_d_cis(matrix, resamples=settings.bootstrap, seed=seed, level=settings.level)
         for i, ci in zip(members, cis):
@@ -105,7 +98,7 @@ def effect_rows(
             }
             for (cond, ref), eff in zip(pairs, stats.effects_of_columns(deltas))
         ]
-        cis = _bootstrap_by_sample_set(masks, deltas, view, (table, population, view.model, view.mode, dataset), settings)
+        cis = _bootstrap_by_sample_set(masks, deltas, view.sample_id, settings)
         for row, (lo, hi, note) in zip(group_rows, cis):
             row["ci_low"], row["ci_high"] = lo, hi
             row["note"] = stats._join_notes(row["note"], note)
@@ -293,9 +286,10 @@ def structural_rows(
     ref, rnd, orc = view.resolve(reference), view.resolve(random), view.resolve(oracle)
     rows = []
     for dataset, group in view.groups(mask):
-        seed = stats.group_seed(settings.seed, "structural", population, view.model, view.mode, dataset, *(extra or {}).values())
+        complete = group & np.isfinite(ref) & np.isfinite(rnd) & np.isfinite(orc)
+        seed = stats.sample_set_seed(settings.seed, view.sample_id[complete])
         res = stats.structural_fraction(
-            ref[group], rnd[group], orc[group], resamples=settings.bootstrap, seed=seed, level=settings.level
+            ref[complete], rnd[complete], orc[complete], resamples=settings.bootstrap, seed=seed, level=settings.level
         )
         rows.append(
             {
@@ -352,11 +346,7 @@ def factorial_rows(view: ModeView, design: Factorial, *, settings: Settings) -> 
             contrasts[(f"simple: {design.rows[1]}", (a, b))] = r1
         keys = list(contrasts)
         cis = _bootstrap_by_sample_set(
-            [np.ones(int(group.sum()), dtype=bool)] * len(keys),
-            [contrasts[key] for key in keys],
-            _SubView(view.sample_id[group]),
-            ("factorial", design.name, view.model, view.mode, dataset),
-            settings,
+            [np.ones(int(group.sum()), dtype=bool)] * len(keys), [contrasts[key] for key in keys], view.sample_id[group], settings
         )
         effects = stats.effects_of_columns([contrasts[key] for key in keys])
         for key, (lo, hi, note), eff in zip(keys, cis, effects):
@@ -373,13 +363,6 @@ def factorial_rows(view: ModeView, design: Factorial, *, settings: Settings) -> 
                 }
             )
     return rows
-
-
-@dataclass
-class _SubView:
-    """Just enough of a view for :func:`_mask_key` on an already-selected sample set."""
-
-    sample_id: np.ndarray
 
 
 def length_bin_masks(view: ModeView, bins: Sequence[tuple[int, int | None]]) -> list[tuple[str, np.ndarray]]:
@@ -407,29 +390,45 @@ def missing_rows(frame: pd.DataFrame, views: Sequence[ModeView], reference: str)
     ``dropped`` = samples with a job for the condition that take no part in its comparison
     with the reference (unscored, or the reference is missing).
     """
-    by_view = {(v.model, v.mode): v for v in views}
-    rows = []
     keys = ["model", "mode", "dataset", "condition"]
-    for key, group in frame.groupby(keys, sort=True):
+    if frame.empty:
+        return []
+    jobs = frame.groupby(keys)["sample_id"].nunique().rename("jobs")
+    scored = frame[frame["nll"].notna()].groupby(keys)["sample_id"].nunique().rename("scored")
+    unscored = frame[frame["nll"].isna()]
+    status = pd.crosstab([unscored[k] for k in keys], unscored["status"]) if len(unscored) else pd.DataFrame()
+    table = pd.concat([jobs, scored], axis=1).fillna(0).astype("int64")
+    paired = {}
+    for view in views:
+        if reference not in view.nll:
+            continue
+        ref_ok = np.isfinite(view.nll[reference])
+        for cond in view.conditions:
+            if cond == reference:
+                continue
+            both = ref_ok & np.isfinite(view.nll[cond])
+            counts = pd.Series(both).groupby(view.dataset).sum()
+            for ds, count in counts.items():
+                paired[(view.model, view.mode, ds, cond)] = int(count)
+    rows = []
+    for key, rec in zip(table.index, table.itertuples(index=False)):
         model, mode, dataset, cond = key
-        jobs = int(group["sample_id"].nunique())
-        scored_ids = group.loc[group["nll"].notna(), "sample_id"].unique()
-        unscored = group[group["nll"].isna()]
-        status = unscored["status"].value_counts()
-        view = by_view.get((model, mode))
-        paired = None
-        if view is not None and cond != reference and reference in view.nll and cond in view.nll:
-            in_ds = view.dataset == dataset
-            paired = int((in_ds & np.isfinite(view.nll[cond]) & np.isfinite(view.nll[reference])).sum())
-        scored = int(len(scored_ids))
+        pair = paired.get(key)
+        if pair is None and cond != reference and any(v.model == model and v.mode == mode for v in views):
+            pair = 0  # no score of the condition or of the reference in this dataset
+        if cond == reference:
+            pair = None
+        unscored_by = {
+            f"unscored_{st}": int(status.at[key, st]) if st in status.columns and key in status.index else 0
+            for st in ("pending", "blocked", "running", "failed", "done")
+        }
         rows.append(
             {
-                "model": model, "mode": mode, "dataset": dataset, "condition": cond, "jobs": jobs, "scored": scored,
-                "unscored": jobs - scored,
-                **{f"unscored_{s}": int(status.get(s, 0)) for s in ("pending", "blocked", "running", "failed", "done")},
-                "paired_with_reference": paired,
-                "lacking_reference": None if paired is None else scored - paired,
-                "dropped": jobs - scored if paired is None else jobs - paired,
+                "model": model, "mode": mode, "dataset": dataset, "condition": cond, "jobs": int(rec.jobs),
+                "scored": int(rec.scored), "unscored": int(rec.jobs - rec.scored), **unscored_by,
+                "paired_with_reference": pair,
+                "lacking_reference": None if pair is None else int(rec.scored) - pair,
+                "dropped": int(rec.jobs - rec.scored) if pair is None else int(rec.jobs) - pair,
             }
         )
     return rows
