@@ -146,14 +146,15 @@ def _finite(value) -> float | None:
 
 
 def report_metrics(report: AnalysisReport) -> dict[str, float]:
-    """Metrics named ``<kind>.<dataset>.<condition>`` (scope-prefixed when there are several).
+    """Metrics named ``<kind>.<dataset>.<condition>``, prefixed by model and/or mode when
+    the report has several.
 
     ``d.<dataset>.<condition>`` is the main table's d against the main reference; other
     tables get their own prefix (``hard.d``, ``semantic.d``, ``cmp.d``); effects against
     further references end in ``.vs_<reference>``.
     """
     info = report.info
-    multi = len(info.get("models", [])) > 1 or len(info.get("modes", [])) > 1
+    multi_model, multi_mode = len(info.get("models", [])) > 1, len(info.get("modes", [])) > 1
     main_ref = info.get("reference")
     metrics: dict[str, float] = {}
 
@@ -161,7 +162,7 @@ def report_metrics(report: AnalysisReport) -> dict[str, float]:
         value = _finite(value)
         if value is None:
             return
-        scope = [model, mode] if multi else []
+        scope = ([model] if multi_model else []) + ([mode] if multi_mode else [])
         key = ".".join(sanitize_name(p) for p in [*scope, *parts] if p != "")
         metrics[key] = value
 

@@ -97,6 +97,17 @@ def test_sanitized_names_use_mlflows_charset():
     assert sanitize_name("..") == "_"
 
 
+def test_metric_names_carry_the_mode_when_there_are_several():
+    run = make_run(datasets=("alpha",), n_per_dataset=10, effects={"oracle": 0.5},
+                   modes=("two_phase", "prefix_lm_bidir"), seed=32)
+    report = build_report(run.results_frame(), {}, experiment="syn", bootstrap=0)
+    metrics = report_metrics(report)
+    eff = report.effects.set_index(["mode", "condition"])
+    assert metrics["two_phase.d.alpha.oracle"] == pytest.approx(eff.loc[("two_phase", "oracle"), "d"])
+    assert metrics["prefix_lm_bidir.d.alpha.oracle"] == pytest.approx(eff.loc[("prefix_lm_bidir", "oracle"), "d"])
+    assert not any(k.startswith("test-fake") for k in metrics)  # one model: no model prefix
+
+
 def test_default_params_hide_the_password():
     params = default_params("postgresql+psycopg://u:hunter2@db.example/tracker", spec_hash="abc123")
     assert params["db_url"] == "postgresql+psycopg://u:***@db.example/tracker"
@@ -109,26 +120,39 @@ def test_default_params_hide_the_password():
 
 @pytest.fixture(scope="module")
 def logged(tmp_path_factory):
-    """One analysis logged to a fresh SQLite MLflow store; read back by the tests below."""
+    """A run stored in a fresh tracker SQLite database, analysed and logged to a fresh MLflow store."""
+    from analysis.report import analyze_experiment
+    from analysis.synthetic import write_run
+    from tracker import migrate
+    from tracker.db import create_tracker_engine
+
     tmp = tmp_path_factory.mktemp("mlflow")
+    db_url = f"sqlite:///{tmp}/tracker.db"
+    engine = create_tracker_engine(db_url)
+    migrate.upgrade(engine, "head")
     run = make_run(
         experiment="exp_syn", datasets=("alpha", "beta"), n_per_dataset=30,
         effects={"random_tokens": 0.4, "oracle": 0.2, "helps": 0.8, "null": 0.0}, seed=31,
     )
-    report = build_report(run.results_frame(), PLAN, experiment="exp_syn", run_id=4, token_parity=run.parity_frame(), bootstrap=100)
-    uri = f"sqlite:///{tmp}/mlflow.db"
-    params = default_params(f"sqlite:///{tmp}/tracker.db", spec_hash="f00d")
+    run_id = write_run(engine, run)
+    report = analyze_experiment(engine, "exp_syn", PLAN, bootstrap=100)
+    engine.dispose()
+    uri = resolve_tracking_uri(db_url, None)
+    assert uri == f"sqlite:///{tmp}/mlflow.db"
+    params = default_params(db_url, spec_hash="f00d")
     spec_text = "name: exp_syn\nanalysis: {baseline: bare}\n"
     old_cwd = os.getcwd()
-    os.chdir(tmp)  # nothing may land in the working directory
+    os.chdir(tmp_path_factory.mktemp("cwd"))  # nothing may land in the working directory
     try:
-        run_id = log_to_mlflow(report, uri, "exp_syn run 4", params, spec_text)
+        mlflow_run_id = log_to_mlflow(report, uri, f"exp_syn run {run_id}", params, spec_text)
+        cwd_files = os.listdir(".")
     finally:
         os.chdir(old_cwd)
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=uri)
-    return {"report": report, "client": client, "run_id": run_id, "tmp": tmp, "spec_text": spec_text}
+    return {"report": report, "client": client, "run_id": mlflow_run_id, "tracker_run": run_id, "tmp": tmp,
+            "spec_text": spec_text, "cwd_files": cwd_files}
 
 
 def _download(logged, path: str) -> Path:
@@ -137,12 +161,12 @@ def _download(logged, path: str) -> Path:
 
 def test_run_is_named_after_the_experiment_run_and_finished(logged):
     run = logged["client"].get_run(logged["run_id"])
-    assert run.info.run_name == "exp_syn run 4"
+    assert run.info.run_name == f"exp_syn run {logged['tracker_run']}"
     assert run.info.status == "FINISHED"
     experiment = logged["client"].get_experiment(run.info.experiment_id)
     assert experiment.name == "exp_syn"
-    assert run.data.tags["tracker.run_id"] == "4"
-    assert not (logged["tmp"] / "mlruns").exists()  # artifacts went beside the store, not into the cwd
+    assert run.data.tags["tracker.run_id"] == str(logged["tracker_run"])
+    assert logged["cwd_files"] == []  # artifacts went beside the store, not into the cwd
     assert (logged["tmp"] / "mlartifacts").is_dir()
 
 
@@ -155,7 +179,7 @@ def test_params(logged):
     assert params["seed"] == "0" and params["bootstrap"] == "100"
     assert params["scorer_version"] == "1"
     assert params["tracker_version"] and params["git_commit"]
-    assert params["db_url"].endswith("/tracker.db")
+    assert params["db_url"] == f"sqlite:///{logged['tmp']}/tracker.db"
 
 
 def test_metrics_equal_the_report(logged):
@@ -187,7 +211,7 @@ def test_tables_spec_and_report_artifacts(logged):
     assert effects["d"].tolist() == pytest.approx(logged["report"].effects["d"].astype(float).tolist(), nan_ok=True)
     assert _download(logged, "spec.yaml").read_text() == logged["spec_text"]
     payload = json.loads(_download(logged, "report.json").read_text())
-    assert payload["run_id"] == 4 and len(payload["effects"]) == len(effects)
+    assert payload["run_id"] == logged["tracker_run"] and len(payload["effects"]) == len(effects)
 
 
 def test_figure_artifacts(logged):
