@@ -94,8 +94,9 @@ def _ranking_section(report: AnalysisReport) -> list[str]:
     if table is None or table.empty:
         return []
     lines = ["\n== Ranking (1 = lowest NLL) =="]
+    multi = table["model"].nunique() > 1
     for (model, mode, dataset), group in _summary_dataset(table).groupby(["model", "mode", "dataset"], sort=False):
-        lines.append(f"-- {dataset} (n={group['n'].iloc[0]}) --")
+        lines.append(f"-- {dataset} (n={group['n'].iloc[0]}){f' [{model}]' if multi else ''} --")
         for r in group.sort_values("mean_rank").itertuples():
             lines.append(f"  {r.condition:<24} mean rank {_num(r.mean_rank, '{:.2f}')}  best in {_num(r.share_best, '{:.1%}')}")
     return lines
@@ -106,8 +107,9 @@ def _hardness_section(report: AnalysisReport) -> list[str]:
     if table is None or table.empty:
         return []
     lines = []
-    for measure, group in table.groupby("measure", sort=False):
-        lines.append(f"\n== d by hardness quintile of {measure} (Q5 hardest) ==")
+    multi = table[["model", "mode"]].drop_duplicates().shape[0] > 1
+    for (model, mode, measure), group in table.groupby(["model", "mode", "measure"], sort=False):
+        lines.append(f"\n== d by hardness quintile of {measure} (Q5 hardest){_scope(model, mode, multi)} ==")
         lines += _pivot_lines(_summary_dataset(group), "condition", "quintile", "d")
     return lines
 
@@ -137,9 +139,11 @@ def _length_section(report: AnalysisReport) -> list[str]:
     table = report.tables.get("answer_length")
     if table is None or table.empty:
         return []
-    lines = ["\n== d by answer length (words) =="]
-    summary = _summary_dataset(table)
-    lines += _pivot_lines(summary[summary["table"].str.startswith("length")], "condition", "answer_words", "d")
+    lines = []
+    multi = table[["model", "mode"]].drop_duplicates().shape[0] > 1
+    for (model, mode, ref), group in table.groupby(["model", "mode", "reference"], sort=False):
+        lines.append(f"\n== d vs {ref} by answer length (words){_scope(model, mode, multi)} ==")
+        lines += _pivot_lines(_summary_dataset(group), "condition", "answer_words", "d")
     return lines
 
 

@@ -134,6 +134,28 @@ def _effect_pairs(view: ModeView, plan: AnalysisPlan) -> list[tuple[str, str]]:
     return pairs
 
 
+def _model_arms(view: ModeView, plan: AnalysisPlan) -> dict[str, str]:
+    """Every scored (condition, mode) of the view's model -> its table label.
+
+    A condition scored in one mode only keeps its plain name; one scored in several modes
+    is shown as ``condition@mode``. The reference comes first, then the plan's order.
+    """
+    modes_of: dict[str, list[str]] = {}
+    for arm in view.arms:
+        cond, mode = arm.split("@", 1)
+        modes_of.setdefault(cond, []).append(mode)
+    order = [plan.reference, *plan.conditions]
+    conds = sorted(modes_of, key=lambda c: (order.index(c) if c in order else len(order), c))
+    return {
+        f"{c}@{m}": c if len(modes_of[c]) == 1 else f"{c}@{m}" for c in conds for m in sorted(modes_of[c])
+    }
+
+
+def _modes_label(view: ModeView) -> str:
+    modes = sorted({arm.split("@", 1)[1] for arm in view.arms})
+    return modes[0] if len(modes) == 1 else "*"
+
+
 def _independent_hardness(view: ModeView, plan: AnalysisPlan, parity: pd.DataFrame | None) -> tuple[str, np.ndarray, dict] | None:
     """(measure, hardness, deltas) measured independently of the evaluated NLL, or None."""
     ref = plan.reference
@@ -162,6 +184,7 @@ class _Collector:
     rows: dict[str, list[dict]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     done: set = field(default_factory=set)
+    ranked: set = field(default_factory=set)
 
     def add(self, name: str, rows: list[dict]) -> None:
         self.rows.setdefault(name, []).extend(rows)
@@ -197,9 +220,13 @@ def _analyse_view(view: ModeView, plan: AnalysisPlan, out: _Collector, settings:
             )
         elif plan.hardness_independent != "none":
             out.note(f"{where}: no independent hardness (no bare_nl scores and no token NLLs).")
-    ranked = ([ref] if ref in view.nll else []) + own
-    if plan.ranking and len(ranked) >= 2:
-        out.add("ranking", tables.ranking_rows(view, ranked))
+    if plan.ranking and view.model not in out.ranked:
+        # one ranking per model over every condition of every mode (the seed ranks oracle_full,
+        # scored in the full-cache mode, among the two-phase conditions)
+        out.ranked.add(view.model)
+        arms = _model_arms(view, plan)
+        if len(arms) >= 2:
+            out.add("ranking", tables.ranking_rows(view, list(arms), labels=arms, mode=_modes_label(view)))
 
     population, pop_mask = "all", None
     if plan.hard_selection is not None:

@@ -151,12 +151,24 @@ def hardness_rows(
     return [{c: r.get(c) for c in HARDNESS_COLUMNS} for r in rows]
 
 
-def ranking_rows(view: ModeView, conditions: Sequence[str], *, population: str = "all", mask: np.ndarray | None = None) -> list[dict]:
+def ranking_rows(
+    view: ModeView,
+    conditions: Sequence[str],
+    *,
+    labels: dict[str, str] | None = None,
+    mode: str | None = None,
+    population: str = "all",
+    mask: np.ndarray | None = None,
+) -> list[dict]:
     """Mean rank (1 = lowest NLL) and share of samples where each condition is best.
 
-    Only samples scored under every listed condition take part.
+    ``conditions`` are names :meth:`ModeView.resolve` knows (``cond@mode`` for arms of
+    other modes), shown as ``labels[name]``. Only samples scored under every listed
+    condition take part.
     """
     conditions = list(conditions)
+    labels = labels or {c: view.label(c) for c in conditions}
+    meta = {"model": view.model, "mode": mode if mode is not None else view.mode}
     matrix = np.column_stack([view.resolve(c) for c in conditions])  # [samples, conditions]
     complete = np.all(np.isfinite(matrix), axis=1)
     rows = []
@@ -167,7 +179,7 @@ def ranking_rows(view: ModeView, conditions: Sequence[str], *, population: str =
         for j, cond in enumerate(conditions):
             rows.append(
                 {
-                    "population": population, **_meta(view), "dataset": dataset, "condition": view.label(cond), "n": n,
+                    "population": population, **meta, "dataset": dataset, "condition": labels[cond], "n": n,
                     "mean_rank": stats._clean(mean_rank[j]) if n else None,
                     "share_best": stats._clean(share_best[j]) if n else None,
                     "note": "" if n else "no complete samples",

@@ -414,3 +414,25 @@ def test_spec_file_vocabulary_is_understood():
     assert "Analysis plan keys not used: mystery." in report.notes
     main = report.effects[(report.effects["table"] == "main")]
     assert main["condition"].tolist() == ["random_tokens", "llm_extract", "extractor_matched"]
+
+
+def test_ranking_spans_modes_like_the_seeds_exp01():
+    """oracle_full is scored in the full-cache mode only; it is ranked with the two-phase conditions."""
+    two = make_run(datasets=("alpha",), n_per_dataset=30, effects={"oracle": -0.2, "surr": 0.3}, seed=16)
+    full = make_run(datasets=("alpha",), n_per_dataset=30, effects={"oracle_full": -0.4}, modes=("full",), seed=17)
+    f_full = full.results_frame()
+    f_full = f_full[f_full["condition"] != "bare"].assign(job_id=lambda f: f["job_id"] + 10_000,
+                                                          score_id=lambda f: f["score_id"] + 10_000)
+    frame = pd.concat([two.results_frame(), f_full])
+    report = build_report(frame, {}, experiment="syn", bootstrap=0)
+    ranking = report.tables["ranking"]
+    assert sorted(ranking["condition"]) == ["bare", "oracle", "oracle_full", "surr"]
+    assert set(ranking["mode"]) == {"*"}
+    w = frame.pivot_table(index="sample_id", columns="condition", values="nll")[["bare", "oracle", "oracle_full", "surr"]]
+    best = w.idxmin(axis=1).value_counts(normalize=True)
+    got = ranking.set_index("condition")["share_best"]
+    for cond in w.columns:
+        assert got[cond] == pytest.approx(best.get(cond, 0.0))
+    assert got.sum() == pytest.approx(1.0)
+    full_row = row(report.effects, table="main", mode="full", condition="oracle_full")
+    assert full_row["reference"] == "bare@two_phase"
