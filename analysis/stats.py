@@ -131,6 +131,33 @@ def paired_ttest(deltas: np.ndarray) -> tuple[float | None, float | None, str]:
     return _clean(t), _clean(p), ""
 
 
+SMALL_WILCOXON_N = 13  # scipy's default switches to an exact permutation test up to here
+
+
+def signed_rank_permutation_p(deltas: np.ndarray) -> float:
+    """Exact two-sided p of the Wilcoxon signed-rank test by enumerating all sign flips.
+
+    Zeros are dropped and tied |deltas| get average ranks, as in scipy. This is the p that
+    scipy's default gives for n <= 13 (its exact test without ties, its exhaustive
+    permutation test with ties or zeros), computed by convolution over doubled integer
+    ranks instead of enumerating up to 2**13 sign patterns one by one.
+    """
+    nz = np.asarray(deltas, dtype=float)
+    nz = nz[nz != 0]
+    ranks2 = np.rint(2 * sps.rankdata(np.abs(nz))).astype(np.int64)  # doubled average ranks
+    counts = np.zeros(int(ranks2.sum()) + 1)
+    counts[0] = 1.0
+    for r in ranks2:  # distribution of sum(rank_i * s_i), s_i in {0, 1} equally likely
+        shifted = np.zeros_like(counts)
+        shifted[r:] = counts[: counts.size - r]
+        counts = counts + shifted
+    observed = int(ranks2[nz > 0].sum())
+    total = counts.sum()
+    p_less = counts[: observed + 1].sum() / total
+    p_greater = counts[observed:].sum() / total
+    return float(min(1.0, 2 * min(p_less, p_greater)))
+
+
 def wilcoxon_p(deltas: np.ndarray) -> tuple[float | None, str]:
     """Wilcoxon signed-rank p: two-sided, zeros dropped, scipy's default method."""
     deltas = np.asarray(deltas, dtype=float)
@@ -138,6 +165,9 @@ def wilcoxon_p(deltas: np.ndarray) -> tuple[float | None, str]:
         return None, NOTE_N
     if not np.any(deltas != 0):
         return None, NOTE_ALL_ZERO
+    if deltas.size <= SMALL_WILCOXON_N:
+        # same p as scipy's default, without its seconds-long permutation loop on ties/zeros
+        return signed_rank_permutation_p(deltas), ""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         warnings.simplefilter("ignore", UserWarning)

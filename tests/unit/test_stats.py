@@ -97,6 +97,31 @@ def test_wilcoxon_exact_with_one_negative_by_hand():
     assert note == ""
 
 
+def test_small_sample_wilcoxon_equals_scipys_default_with_ties_and_zeros():
+    from scipy.stats import wilcoxon  # the reference: scipy's own default method
+
+    rng = np.random.default_rng(9)
+    cases = [
+        np.array([1.0, 1.0, 2.0, -3.0]),  # ties -> scipy permutes
+        np.array([0.0, 0.5, 0.5, -0.5, 1.0, 2.0]),  # zeros and ties
+        np.array([-1.0, 2.0, 3.0, 4.0, 5.0]),  # no ties -> scipy's exact distribution
+        np.array([0.0, 0.0, 1.0]),
+    ]
+    cases += [np.round(rng.normal(0.3, 1.0, size=n), 1) for n in (5, 7, 9, 10)]
+    for deltas in cases:
+        ours, _ = stats.wilcoxon_p(deltas)
+        theirs = wilcoxon(deltas, zero_method="wilcox", alternative="two-sided").pvalue
+        assert ours == pytest.approx(theirs, rel=1e-9, abs=1e-12), deltas
+
+
+def test_small_sample_wilcoxon_with_ties_by_hand():
+    # |d| = 1, 1, 2 -> ranks 1.5, 1.5, 3; signs +, +, -: W+ = 3. Sign patterns (8): W+ in
+    # {0, 1.5, 1.5, 3, 3, 4.5, 4.5, 6}; P(W+ <= 3) = 5/8, P(W+ >= 3) = 5/8 -> p = min(1, 2 * 5/8) = 1
+    assert stats.signed_rank_permutation_p(np.array([1.0, 1.0, -2.0])) == 1.0
+    # +1, +1, +2: W+ = 6, only the all-plus pattern reaches it -> p = 2/8
+    assert stats.signed_rank_permutation_p(np.array([1.0, 1.0, 2.0])) == pytest.approx(0.25)
+
+
 def test_wilcoxon_drops_zero_differences():
     p_with_zero, _ = stats.wilcoxon_p(np.array([0.0, 1.0, 2.0, 3.0, 4.0, 5.0]))
     assert p_with_zero == pytest.approx(2 / 32)
