@@ -1,0 +1,120 @@
+"""exp02 then exp03 on PostgreSQL, scored by two real `tracker worker` processes with a tiny model.
+
+The real decoder backend builds every prefix with ``tracker.conditions.build_prefix_ids``
+and generates the LLM surrogates greedily; here we recompute every stored prefix from the
+stored sample, condition and surrogate rows and check exp03's reuse and selections.
+"""
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "fixtures" / "datasets"))
+
+from support import tiny_tokenizer  # noqa: E402
+from synth import write_synthetic_data_dir  # noqa: E402
+
+from tracker.conditions import build_prefix_ids, encode  # noqa: E402
+from tracker.datasets import clear_cache  # noqa: E402
+from tracker.db import get_engine, session_scope  # noqa: E402
+from tracker.enqueue import enqueue  # noqa: E402
+from tracker.models import (  # noqa: E402
+    Condition,
+    Job,
+    JobKind,
+    JobStatus,
+    RunJob,
+    Sample,
+    Score,
+    Selection,
+    SelectionMember,
+    Surrogate,
+)
+from tracker.stages import condition_definition, sample_dict  # noqa: E402
+
+MODEL = "tiny-random-llama"
+N = 4  # per dataset; ceil(0.4 * 4) = 2 selected
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _run_workers(url: str, tmp_path: Path, count: int = 2) -> None:
+    env = {**os.environ, "TRACKER_DB": url, "OMP_NUM_THREADS": "1"}  # two workers share two cores
+    procs = []
+    for i in range(count):
+        log = open(tmp_path / f"worker{i}.log", "ab")
+        procs.append((subprocess.Popen(
+            [sys.executable, "-m", "tracker.cli", "worker", "--model", MODEL, "--device", "cpu",
+             "--exit-when-empty", "--poll-seconds", "0.2", "--batch-size", "32"],
+            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT), log))
+    for proc, log in procs:
+        assert proc.wait(timeout=600) == 0, (tmp_path / "worker0.log").read_text()[-3000:]
+        log.close()
+
+
+def _check_prefixes(session) -> int:
+    """Every stored prefix equals a recomputation from the stored rows; returns how many."""
+    tok = tiny_tokenizer()
+    checked = 0
+    rows = session.execute(select(Score, Job, Sample, Condition).join(Job, Job.id == Score.job_id)
+                           .join(Sample, Sample.id == Job.sample_id)
+                           .join(Condition, Condition.id == Job.condition_id)).all()
+    for score, job, sample, condition in rows:
+        text = None
+        ref = job.payload.get("surrogate")
+        if ref:
+            text = session.scalar(select(Surrogate.text).where(
+                Surrogate.sample_id == sample.id, Surrogate.kind == ref["kind"],
+                Surrogate.prompt_hash == ref["prompt_hash"], Surrogate.generator_model_id == ref["generator_model_id"]))
+        definition = condition_definition(condition)
+        expected = build_prefix_ids(definition.as_dict(), sample_dict(sample), tok, surrogate_text=text)
+        assert score.prefix_ids == expected, (condition.name, sample.id)
+        assert score.query_ids == encode(tok, sample.query)
+        if condition.name != "bare":
+            assert len(score.prefix_ids) == len(score.query_ids)  # every exp02 condition is token-matched
+        checked += 1
+    return checked
+
+
+@pytest.mark.postgres
+@pytest.mark.slow
+def test_exp02_then_exp03_with_real_workers_on_postgres(pg_url, tmp_path):
+    clear_cache()
+    data = str(write_synthetic_data_dir(tmp_path / "data", 20))
+    kw = dict(db=pg_url, data_dir=data, models=[MODEL], limit=N, device="cpu")
+    assert enqueue("exp02", **kw).stage(1).score.created == N * 13
+    _run_workers(pg_url, tmp_path)
+    engine = get_engine(pg_url)
+    with session_scope(engine) as s:
+        assert s.scalar(select(func.count()).select_from(Score)) == N * 13
+        assert s.scalar(select(func.count()).select_from(Surrogate)) == N * 5
+        assert _check_prefixes(s) == N * 13
+        ms_marco_jobs = s.scalar(select(func.count()).select_from(Job).join(Sample, Sample.id == Job.sample_id)
+                                 .where(Sample.dataset == "ms_marco"))
+
+    report = enqueue("exp03", **kw)
+    assert report.stage(1).by_dataset["ms_marco"].created == 0
+    _run_workers(pg_url, tmp_path)
+    with session_scope(engine) as s:
+        assert s.scalar(select(func.count()).select_from(Job).where(Job.status != JobStatus.done)) == 0
+        after = s.scalar(select(func.count()).select_from(Job).join(Sample, Sample.id == Job.sample_id)
+                         .where(Sample.dataset == "ms_marco"))
+        assert after == ms_marco_jobs  # exp03 made no MS MARCO job of its own
+        assert s.scalar(select(func.count()).select_from(Score)) == N * 13 + 3 * (N + 2 * 12)
+        assert _check_prefixes(s) == N * 13 + 3 * (N + 2 * 12)
+        bare_id = s.scalar(select(Condition.id).where(Condition.name == "bare"))
+        for sel in s.scalars(select(Selection).where(Selection.run_id == report.run_id)):
+            bare = s.execute(select(Sample.id, Score.nll).join(Job, Job.sample_id == Sample.id)
+                             .join(Score, Score.job_id == Job.id).join(RunJob, RunJob.job_id == Job.id)
+                             .where(RunJob.run_id == report.run_id, Job.condition_id == bare_id,
+                                    Sample.dataset == sel.dataset)).all()
+            top = [sid for sid, _ in sorted(bare, key=lambda r: (-r[1], r[0]))[: math.ceil(0.4 * N)]]
+            members = s.scalars(select(SelectionMember.sample_id).where(SelectionMember.selection_id == sel.id)
+                                .order_by(SelectionMember.rank)).all()
+            assert list(members) == top
+        assert s.scalar(select(func.count()).select_from(Job).where(Job.kind == JobKind.select)) == 4
