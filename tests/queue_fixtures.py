@@ -115,10 +115,8 @@ def make_jobs(
              "max_attempts": max_attempts}
             for sample in samples for mode in modes for c in conditions
         ]
-        s.execute(insert(Job), rows)
-        keys = [r["job_key"] for r in rows]
-        id_by_key = dict(s.execute(select(Job.job_key, Job.id).where(Job.job_key.in_(keys))).all())
-        job_ids = [id_by_key[k] for k in keys]
+        inserted = s.execute(insert(Job).returning(Job.id, sort_by_parameter_order=True), rows)
+        job_ids = list(inserted.scalars())
         s.execute(insert(RunJob), [{"run_id": run.id, "job_id": j, "stage": 1} for j in job_ids])
         fixture = QueueFixture(model_id=model_id, run_id=run.id, sample_ids=[x.id for x in samples],
                                condition_ids={name: c.id for name, c in conds.items()}, job_ids=job_ids)

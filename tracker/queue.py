@@ -26,6 +26,8 @@ or an :class:`~sqlalchemy.Engine` (one transaction per call, see :func:`tracker.
 """
 from __future__ import annotations
 
+import functools
+import json
 import uuid
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -33,17 +35,24 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, TypeVar
 
 from sqlalchemy import (
+    BigInteger,
+    JSON,
     ColumnElement,
     Engine,
     Select,
     Update,
     and_,
+    any_,
     case,
+    Interval,
+    String,
+    bindparam,
     exists,
     func,
     literal,
     or_,
     select,
+    text,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
@@ -53,6 +62,7 @@ from tracker.db import session_scope
 from tracker.errors import UnknownExperimentError
 from tracker.models import (
     AttentionShare,
+    Base,
     Condition,
     Experiment,
     ExperimentRun,
@@ -131,6 +141,18 @@ def db_now(dialect: str, offset_seconds: float = 0.0) -> ColumnElement[Any]:
     return func.now()
 
 
+def _db_now_plus(dialect: str, param: str) -> ColumnElement[Any]:
+    """Database time plus the offset given at execution as bind parameter ``param``
+    (see :func:`_offset_param`), so a statement built once serves every lease length."""
+    if dialect == "sqlite":
+        return func.strftime("%Y-%m-%d %H:%M:%f", "now", bindparam(param, type_=String())).concat("000")
+    return func.now() + bindparam(param, type_=Interval())
+
+
+def _offset_param(dialect: str, seconds: float) -> Any:
+    return f"{seconds:+.6f} seconds" if dialect == "sqlite" else timedelta(seconds=seconds)
+
+
 def _as_utc(value: datetime | None) -> datetime | None:
     if value is None or value.tzinfo is not None:
         return value
@@ -160,7 +182,7 @@ def _claimable(table, now: ColumnElement[Any]) -> ColumnElement[bool]:
     )
 
 
-def _for_model(table, model_id: int | None) -> ColumnElement[bool]:
+def _for_model(table, model_id: Any) -> ColumnElement[bool]:
     # Jobs without a model (stage selections) can be run by any worker.
     if model_id is None:
         return table.c.model_id.is_(None)
@@ -168,15 +190,9 @@ def _for_model(table, model_id: int | None) -> ColumnElement[bool]:
 
 
 def _same_group(a, b) -> ColumnElement[bool]:
-    # NULL sample ids never compare equal, so every selection job is a group of its own.
+    # NULL sample or model ids never compare equal: such a job is a group of its own.
     return and_(a.c.kind == b.c.kind, a.c.sample_id == b.c.sample_id,
                 a.c.model_id == b.c.model_id, a.c.mode == b.c.mode)
-
-
-def _insert_ignoring_conflicts(dialect: str, table, rows: list[dict], conflict_columns: Sequence[str]):
-    """``INSERT ... ON CONFLICT (cols) DO NOTHING`` for either dialect."""
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    return insert(table).values(rows).on_conflict_do_nothing(index_elements=list(conflict_columns))
 
 
 # --------------------------------------------------------------------------- claim
@@ -202,7 +218,9 @@ class ClaimedJob:
     @property
     def group_key(self) -> tuple:
         """(kind, sample, model, mode): the unit a claim never splits unless it exceeds n."""
-        return (self.kind, self.sample_id if self.sample_id is not None else -self.id, self.model_id, self.mode)
+        if self.sample_id is None or self.model_id is None:
+            return (self.kind, -self.id, -self.id, self.mode)  # a group of its own
+        return (self.kind, self.sample_id, self.model_id, self.mode)
 
 
 _CLAIM_COLUMNS = (
@@ -231,49 +249,93 @@ def _whole_groups(members, n: int) -> Select:
     )
 
 
-def _claim_candidates_postgresql(model_id: int | None, n: int) -> Select:
-    """Lock up to ``n`` group leaders with SKIP LOCKED, then take their groups' claimable jobs.
+def _id_in(dialect: str, column, ids: Select) -> ColumnElement[bool]:
+    """``column IN (ids)``; on PostgreSQL ``= ANY(ARRAY(ids))``, which the planner runs once and
+    answers from the primary key, whatever its (often missing) statistics on a fresh queue say."""
+    if dialect == "postgresql":
+        return column == any_(func.array(ids.scalar_subquery()))
+    return column.in_(ids)
 
-    A group's leader is its claimable job with the lowest id. Workers contend only for
-    leaders, so two workers never split a group between them (procrastinate's
-    ``procrastinate_fetch_job_v2``: one locked candidate CTE feeding the UPDATE).
+
+def claim_window(n: int) -> int:
+    """How many claimable jobs (in claim order) a claim looks at to find its groups' leaders.
+
+    Big enough that the leaders other workers hold at the same moment (at most ``n`` each)
+    rarely cover it; if they do, the claim comes back empty and the worker retries at once.
     """
-    now = func.now()
-    leader, earlier, member = jobs.alias("leader"), jobs.alias("earlier"), jobs.alias("member")
-    earlier_claimable = exists().where(
-        _same_group(earlier, leader), earlier.c.id < leader.c.id, _claimable(earlier, now)
+    return max(32 * n, 512)
+
+
+def _claim_choice(dialect: str, model_id: Any, n: int):
+    """The CTE of job ids one claim takes: whole groups, first in claim order, up to ``n``.
+
+    1. ``window``: the first :func:`claim_window` claimable jobs by (priority desc, id);
+    2. ``leaders``: the first job of each group in that window, the first ``n`` of them,
+       locked ``FOR UPDATE SKIP LOCKED`` on PostgreSQL (procrastinate's
+       ``procrastinate_fetch_job_v2``: one locked candidate set feeding the UPDATE). Workers
+       contend only for leaders, so two workers never split a group between them;
+    3. ``members``: every claimable job of the leaders' groups (an equality join on the
+       group index), then :func:`_whole_groups` keeps the groups that fit.
+
+    SQLite runs one writer at a time, so the same statement needs no row locks there.
+    """
+    now = db_now(dialect)
+    # a job without a sample or a model (a stage selection) is a group of its own
+    group_of = lambda t: (t.c.kind, func.coalesce(t.c.sample_id, -t.c.id),  # noqa: E731
+                          func.coalesce(t.c.model_id, -t.c.id), t.c.mode)
+    window = (
+        select(jobs.c.id, jobs.c.kind, jobs.c.sample_id, jobs.c.model_id, jobs.c.mode, jobs.c.priority)
+        .where(_claimable(jobs, now), _for_model(jobs, model_id))
+        .order_by(jobs.c.priority.desc(), jobs.c.id)
+        .limit(claim_window(n))
+        .cte("claim_window")
     )
+    first = select(
+        window.c.id,
+        func.row_number().over(partition_by=group_of(window), order_by=(window.c.priority.desc(), window.c.id))
+        .label("rank_in_group"),
+    ).subquery("firsts")
+    leader = jobs.alias("leader")
     leaders = (
         select(leader.c.id, leader.c.kind, leader.c.sample_id, leader.c.model_id, leader.c.mode, leader.c.priority)
-        .where(_claimable(leader, now), _for_model(leader, model_id), ~earlier_claimable)
+        .where(_id_in(dialect, leader.c.id, select(first.c.id).where(first.c.rank_in_group == 1)),
+               _claimable(leader, now))
         .order_by(leader.c.priority.desc(), leader.c.id)
         .limit(n)
-        .with_for_update(skip_locked=True, of=leader)
-        .cte("leaders")
     )
-    members = (
+    if dialect == "postgresql":
+        leaders = leaders.with_for_update(skip_locked=True, of=leader)
+    leaders = leaders.cte("leaders")
+    member = jobs.alias("member")
+    grouped = (
         select(member.c.id, leaders.c.id.label("leader_id"), leaders.c.priority.label("group_priority"))
-        .select_from(member.join(leaders, or_(member.c.id == leaders.c.id, _same_group(member, leaders))))
+        .join_from(leaders, member, _same_group(member, leaders))
         .where(_claimable(member, now))
-        .cte("members")
     )
-    return _whole_groups(members, n)
+    alone = select(leaders.c.id, leaders.c.id, leaders.c.priority).where(
+        or_(leaders.c.sample_id.is_(None), leaders.c.model_id.is_(None)))
+    members = grouped.union_all(alone).cte("members")
+    return _whole_groups(members, n).cte("chosen")
 
 
-def _claim_candidates_sqlite(model_id: int | None, n: int) -> Select:
-    """Same choice as on PostgreSQL; SQLite runs one writer at a time, so no row locks."""
-    now = _sqlite_time()
-    group = (jobs.c.kind, func.coalesce(jobs.c.sample_id, -jobs.c.id), jobs.c.model_id, jobs.c.mode)
-    members = (
-        select(
-            jobs.c.id,
-            func.min(jobs.c.id).over(partition_by=group).label("leader_id"),
-            func.first_value(jobs.c.priority).over(partition_by=group, order_by=jobs.c.id).label("group_priority"),
+@functools.lru_cache(maxsize=64)
+def _claim_statement(dialect: str, by_model: bool, n: int) -> Update:
+    """The claim UPDATE for a dialect and batch size, built once (building it costs more
+    than running it). Parameters: ``claim_model_id`` (when ``by_model``), ``claim_worker_id``,
+    ``claim_token``, ``lease``."""
+    model_id = bindparam("claim_model_id", type_=BigInteger()) if by_model else None
+    chosen = _claim_choice(dialect, model_id, n)
+    now = db_now(dialect)
+    return (
+        CLAIM.update(
+            _id_in(dialect, jobs.c.id, select(chosen.c.id)), _claimable(jobs, now),
+            worker_id=bindparam("claim_worker_id", type_=BigInteger()),
+            lease_token=bindparam("claim_token", type_=String()),
+            lease_expires_at=_db_now_plus(dialect, "lease"),
+            attempts=jobs.c.attempts + 1, started_at=now, finished_at=None,
         )
-        .where(_claimable(jobs, now), _for_model(jobs, model_id))
-        .subquery("members")
+        .returning(*_CLAIM_COLUMNS)
     )
-    return _whole_groups(members, n)
 
 
 def claim_batch(
@@ -296,20 +358,11 @@ def claim_batch(
 
     def op(session: Session) -> list[ClaimedJob]:
         dialect = _dialect(session)
-        if dialect == "postgresql":
-            chosen = _claim_candidates_postgresql(model_id, n)
-        else:
-            chosen = _claim_candidates_sqlite(model_id, n)
-        now = db_now(dialect)
-        stmt = (
-            CLAIM.update(
-                jobs.c.id.in_(chosen), _claimable(jobs, now),
-                worker_id=worker_id, lease_token=token, lease_expires_at=db_now(dialect, lease_seconds),
-                attempts=jobs.c.attempts + 1, started_at=now, finished_at=None,
-            )
-            .returning(*_CLAIM_COLUMNS)
-        )
-        rows = session.execute(stmt).all()
+        params = {"claim_worker_id": worker_id, "claim_token": token,
+                  "lease": _offset_param(dialect, lease_seconds)}
+        if model_id is not None:
+            params["claim_model_id"] = model_id
+        rows = session.execute(_claim_statement(dialect, model_id is not None, n), params).all()
         return _in_group_order([ClaimedJob(**row._mapping) for row in rows])
 
     return _in_transaction(bind, op)
@@ -352,12 +405,16 @@ def extend_leases(bind: Session | Engine, tokens: Collection[str], lease_seconds
     return _in_transaction(bind, op)
 
 
-def heartbeat(bind: Session | Engine, worker_id: int, tokens: Collection[str], lease_seconds: float) -> set[int]:
-    """One heartbeat: stamp the worker row with db time and extend its leases (one transaction)."""
+def heartbeat(bind: Session | Engine, worker_id: int, tokens: Collection[str], lease_seconds: float,
+              *, jobs_done: int | None = None) -> set[int]:
+    """One heartbeat: stamp the worker row with db time (and its job count) and extend its
+    leases, in one transaction. Returns the ids of the jobs still held."""
 
     def op(session: Session) -> set[int]:
-        session.execute(update(Worker.__table__).where(Worker.__table__.c.id == worker_id)
-                        .values(heartbeat_at=db_now(_dialect(session))))
+        values: dict[str, Any] = {"heartbeat_at": db_now(_dialect(session))}
+        if jobs_done is not None:
+            values["jobs_done"] = jobs_done
+        session.execute(update(Worker.__table__).where(Worker.__table__.c.id == worker_id).values(**values))
         return extend_leases(session, tokens, lease_seconds)
 
     return _in_transaction(bind, op)
@@ -372,6 +429,7 @@ class Completion:
     already_done: list[int] = field(default_factory=list)  # done earlier under the same token (a retried commit)
     lost: list[int] = field(default_factory=list)  # lease token no longer ours: result discarded
     released: list[int] = field(default_factory=list)  # dependants unblocked
+    with_dependants: list[int] = field(default_factory=list)  # completed jobs other jobs wait on
 
 
 def mark_done(session: Session, token: str, job_ids: Sequence[int]) -> Completion:
@@ -380,11 +438,14 @@ def mark_done(session: Session, token: str, job_ids: Sequence[int]) -> Completio
     if not job_ids:
         return outcome
     dialect = _dialect(session)
+    has_dependants = exists().where(deps.c.depends_on_id == jobs.c.id)
     stmt = COMPLETE.update(
         jobs.c.id.in_(list(job_ids)), jobs.c.lease_token == token,
         lease_expires_at=None, finished_at=db_now(dialect),
-    ).returning(jobs.c.id)
-    outcome.completed = sorted(session.execute(stmt).scalars().all())
+    ).returning(jobs.c.id, has_dependants)
+    rows = session.execute(stmt).all()
+    outcome.completed = sorted(job_id for job_id, _ in rows)
+    outcome.with_dependants = sorted(job_id for job_id, waited_on in rows if waited_on)
     rest = sorted(set(job_ids) - set(outcome.completed))
     if rest:
         already = select(jobs.c.id).where(jobs.c.id.in_(rest), jobs.c.lease_token == token, jobs.c.status == S.done)
@@ -407,11 +468,8 @@ def _score_row(result: Any, worker_id: int | None, device: str, dtype: str, seco
 def _write_scores(session: Session, results: Sequence[Any], score_rows: list[dict]) -> None:
     """Insert scores (a second insert for the same job is a no-op), then their token NLLs and
     attention shares for the scores this call created."""
-    dialect = _dialect(session)
-    stmt = _insert_ignoring_conflicts(dialect, Score.__table__, score_rows, ["job_id"]).returning(
-        Score.__table__.c.id, Score.__table__.c.job_id
-    )
-    score_ids = {job_id: score_id for score_id, job_id in session.execute(stmt).all()}
+    inserted = _bulk_insert(session, Score.__table__, score_rows, conflict=("job_id",), returning=("id", "job_id"))
+    score_ids = {job_id: score_id for score_id, job_id in inserted}
     token_rows, share_rows = [], []
     for result in results:
         score_id = score_ids.get(result.job_id)
@@ -426,10 +484,60 @@ def _write_scores(session: Session, results: Sequence[Any], score_rows: list[dic
              "softmax": str(r["softmax"]), "target": str(r["target"]), "share": float(r["share"])}
             for r in (result.extras or {}).get("attention", ())
         ]
-    if token_rows:
-        session.execute(TokenNLL.__table__.insert(), token_rows)
-    if share_rows:
-        session.execute(AttentionShare.__table__.insert(), share_rows)
+    _bulk_insert(session, TokenNLL.__table__, token_rows)
+    _bulk_insert(session, AttentionShare.__table__, share_rows)
+
+
+def _bulk_insert(session: Session, table, rows: list[dict], *, conflict: tuple[str, ...] = (),
+                 returning: tuple[str, ...] = ()) -> list[tuple]:
+    """Insert ``rows`` (all with the same keys) in one statement; ``ON CONFLICT (conflict) DO
+    NOTHING`` when given; the ``returning`` columns of the inserted rows.
+
+    PostgreSQL gets ``INSERT ... SELECT FROM unnest(arrays)``: one short statement text whatever
+    the row count, so neither SQLAlchemy nor psycopg re-parse a long multi-row VALUES list
+    per batch (that parsing cost more than the database work). SQLite runs in-process, where
+    plain executemany is cheapest.
+    """
+    if not rows:
+        return []
+    columns = tuple(rows[0])
+    if _dialect(session) == "postgresql":
+        stmt = _unnest_insert_sql(table.name, columns, conflict, returning)
+        params = {f"p_{c}": [_array_value(table.c[c], row[c]) for row in rows] for c in columns}
+        result = session.execute(stmt, params)
+    else:
+        stmt = sqlite.insert(table)
+        if conflict:
+            stmt = stmt.on_conflict_do_nothing(index_elements=list(conflict))
+        if returning:
+            stmt = stmt.returning(*(table.c[c] for c in returning))
+        result = session.execute(stmt, rows)
+    return [tuple(r) for r in result.all()] if returning else []
+
+
+def _array_value(column, value: Any) -> Any:
+    return json.dumps(value) if isinstance(column.type, JSON) else value
+
+
+@functools.lru_cache(maxsize=32)
+def _unnest_insert_sql(table_name: str, columns: tuple[str, ...], conflict: tuple[str, ...],
+                       returning: tuple[str, ...]):
+    table = Base.metadata.tables[table_name]
+    dialect = postgresql.dialect()
+    arrays, selected = [], []
+    for name in columns:
+        column = table.c[name]
+        is_json = isinstance(column.type, JSON)
+        element = "TEXT" if is_json else column.type.compile(dialect=dialect)
+        arrays.append(f"CAST(:p_{name} AS {element}[])")
+        selected.append(f"CAST(r.{name} AS JSON)" if is_json else f"r.{name}")
+    sql = (f"INSERT INTO {table_name} ({', '.join(columns)}) SELECT {', '.join(selected)} "
+           f"FROM unnest({', '.join(arrays)}) AS r({', '.join(columns)})")
+    if conflict:
+        sql += f" ON CONFLICT ({', '.join(conflict)}) DO NOTHING"
+    if returning:
+        sql += f" RETURNING {', '.join(returning)}"
+    return text(sql)
 
 
 def complete_scores(
@@ -456,8 +564,7 @@ def complete_scores(
         kept = [r for r in results if r.job_id in mine]
         if kept:
             _write_scores(session, kept, [_score_row(r, worker_id, device, dtype, seconds) for r in kept])
-        outcome.released = release_dependants(session, outcome.completed)
-        _count_jobs_done(session, worker_id, len(outcome.completed))
+        outcome.released = release_dependants(session, outcome.with_dependants)
         return outcome
 
     return _in_transaction(bind, op)
@@ -480,13 +587,9 @@ def complete_generations(
              "settings": dict(result.settings or {}), "job_id": job.id}
             for job, result in done if job.id in mine
         ]
-        if rows:
-            session.execute(_insert_ignoring_conflicts(
-                _dialect(session), Surrogate.__table__, rows,
-                ["sample_id", "kind", "prompt_hash", "generator_model_id"],
-            ))
-        outcome.released = release_dependants(session, outcome.completed)
-        _count_jobs_done(session, worker_id, len(outcome.completed))
+        _bulk_insert(session, Surrogate.__table__, rows,
+                     conflict=("sample_id", "kind", "prompt_hash", "generator_model_id"))
+        outcome.released = release_dependants(session, outcome.with_dependants)
         return outcome
 
     return _in_transaction(bind, op)
@@ -506,18 +609,10 @@ def complete_plain(
         outcome = mark_done(session, token, job_ids)
         if outcome.completed and work is not None:
             work(session)
-        outcome.released = release_dependants(session, outcome.completed)
-        _count_jobs_done(session, worker_id, len(outcome.completed))
+        outcome.released = release_dependants(session, outcome.with_dependants)
         return outcome
 
     return _in_transaction(bind, op)
-
-
-def _count_jobs_done(session: Session, worker_id: int | None, n: int) -> None:
-    if worker_id is None or n == 0:
-        return
-    table = Worker.__table__
-    session.execute(update(table).where(table.c.id == worker_id).values(jobs_done=table.c.jobs_done + n))
 
 
 # --------------------------------------------------------------------------- dependencies
@@ -736,11 +831,13 @@ def update_worker(bind: Session | Engine, worker_id: int, **values: Any) -> None
         update(Worker.__table__).where(Worker.__table__.c.id == worker_id).values(**values)))
 
 
-def mark_worker_stopped(bind: Session | Engine, worker_id: int, status: str = "stopped") -> None:
-    """Mark a worker stopped (clean exit) with db time."""
+def mark_worker_stopped(bind: Session | Engine, worker_id: int, status: str = "stopped",
+                        *, jobs_done: int | None = None) -> None:
+    """Mark a worker stopped (clean exit) with db time and its final job count."""
+    extra = {} if jobs_done is None else {"jobs_done": jobs_done}
     _in_transaction(bind, lambda s: s.execute(
         update(Worker.__table__).where(Worker.__table__.c.id == worker_id)
-        .values(status=status, stopped_at=db_now(_dialect(s)), heartbeat_at=db_now(_dialect(s)))))
+        .values(status=status, stopped_at=db_now(_dialect(s)), heartbeat_at=db_now(_dialect(s)), **extra)))
 
 
 def other_live_hosts(bind: Session | Engine, host: str, within_seconds: float = 600.0) -> list[str]:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import platform
+import random
 import signal
 import socket
 import sys
@@ -211,8 +212,9 @@ class LeaseBook:
 class HeartbeatThread:
     """Every ``interval`` seconds: stamp the worker row and extend every lease it holds."""
 
-    def __init__(self, engine: Engine, worker_id: int, book: LeaseBook, lease_seconds: float, interval: float) -> None:
-        self.engine, self.worker_id, self.book = engine, worker_id, book
+    def __init__(self, engine: Engine, worker_id: int, book: LeaseBook, lease_seconds: float, interval: float,
+                 jobs_done: Callable[[], int] = lambda: 0) -> None:
+        self.engine, self.worker_id, self.book, self.jobs_done = engine, worker_id, book, jobs_done
         self.lease_seconds, self.interval = lease_seconds, interval
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="tracker-heartbeat", daemon=True)
@@ -232,7 +234,8 @@ class HeartbeatThread:
     def beat(self) -> None:
         before = self.book.held()
         try:
-            alive = queue.heartbeat(self.engine, self.worker_id, set(before.values()), self.lease_seconds)
+            alive = queue.heartbeat(self.engine, self.worker_id, set(before.values()), self.lease_seconds,
+                                    jobs_done=self.jobs_done())
         except DatabaseError as err:
             log.warning("heartbeat failed (%s); retrying in %.1fs", _first_line(err), self.interval)
             return
@@ -276,6 +279,7 @@ class QueueWorker:
         self.describe: dict = {}
         self.self_checks: dict[str, dict] = {}
         self.finished = 0  # jobs done or failed by this worker
+        self.completed = 0  # jobs done by this worker (the workers row's jobs_done)
         self.host = socket.gethostname()
         self._heartbeat: HeartbeatThread | None = None
         self._warned_no_model = False
@@ -285,8 +289,8 @@ class QueueWorker:
         self.stop.install()
         try:
             self._register()
-            self._heartbeat = HeartbeatThread(self.engine, self.worker_id, self.book,
-                                              self.options.lease_seconds, self.options.heartbeat_seconds)
+            self._heartbeat = HeartbeatThread(self.engine, self.worker_id, self.book, self.options.lease_seconds,
+                                              self.options.heartbeat_seconds, jobs_done=lambda: self.completed)
             self._heartbeat.start()
             try:
                 self._loop()
@@ -294,8 +298,8 @@ class QueueWorker:
                 log.info("stopped by a second signal")
             finally:
                 self._heartbeat.stop()
-                self._db("mark the worker stopped", lambda: queue.mark_worker_stopped(self.engine, self.worker_id),
-                         patient=False, default=None)
+                self._db("mark the worker stopped", lambda: queue.mark_worker_stopped(
+                    self.engine, self.worker_id, jobs_done=self.completed), patient=False, default=None)
             log.info("worker %d stopped after %d jobs", self.worker_id, self.finished)
             return self.finished
         finally:
@@ -333,7 +337,11 @@ class QueueWorker:
             if batch:
                 self._process_batch(batch)
                 continue
-            if self._switch_model():
+            state = self._switch_model()
+            if state == "switched":
+                continue
+            if state == "busy":  # claimable jobs whose leaders other workers held for a moment
+                self.stop.wait(random.uniform(0.005, 0.05))
                 continue
             if self.options.exit_when_empty and self._nothing_left():
                 log.info("no jobs left; exiting (--exit-when-empty)")
@@ -352,18 +360,23 @@ class QueueWorker:
             self._warned_no_model = True
         return ids
 
-    def _switch_model(self) -> bool:
-        """Load the first candidate model with claimable jobs if it is not the current one."""
+    def _switch_model(self) -> str:
+        """Load the first candidate model with claimable jobs unless the current one has some.
+
+        Returns "switched", "busy" (the current model still has claimable jobs) or "idle".
+        """
         candidates = self._db("find models", self._candidate_model_ids)
         if candidates == []:
-            return False
+            return "idle"
         ready = self._db("find models", lambda: queue.models_with_claimable_jobs(self.engine, candidates))
-        if not ready or (self.model is not None and self.model.id in ready):
-            return False
+        if not ready:
+            return "idle"
+        if self.model is not None and self.model.id in ready:
+            return "busy"
         with session_scope(self.engine) as session:
             model = session.get(Model, ready[0])
         self._load(model)
-        return True
+        return "switched"
 
     def _load(self, model: Model) -> None:
         self.backend = None  # free the previous model before loading the next
@@ -501,6 +514,7 @@ class QueueWorker:
         for job_id in outcome.lost:
             log.warning("lease lost on job %d: another worker holds it now; result discarded", job_id)
         self.finished += len(outcome.completed) + len(outcome.already_done)
+        self.completed += len(outcome.completed) + len(outcome.already_done)
         self.book.drop(ids)
 
     def _run_selection(self, job: ClaimedJob) -> None:
