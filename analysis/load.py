@@ -192,6 +192,22 @@ def _as_dict(value) -> dict:
     return {}
 
 
+_SELECT_JOBS_SQL = text(
+    """
+    SELECT j.status AS status, COUNT(*) AS n
+    FROM jobs j JOIN run_jobs rj ON rj.job_id = j.id
+    WHERE rj.run_id = :run_id AND j.kind = 'select'
+    GROUP BY j.status
+    """
+)
+
+
+def load_selection_jobs(engine: Engine, run_id: int) -> dict[str, int]:
+    """Status counts of the run's stage-selection jobs (later stages' jobs wait for them)."""
+    frame = _query(engine, _SELECT_JOBS_SQL, {"run_id": int(run_id)})
+    return {str(getattr(s, "value", s)): int(n) for s, n in zip(frame["status"], frame["n"])} if len(frame) else {}
+
+
 def version_key(version: str) -> tuple:
     """Natural sort key: "v10" > "v9", "1.10" > "1.9"; numbers before words at each place."""
     parts = re.findall(r"\d+|[A-Za-z]+", version or "")

@@ -446,10 +446,18 @@ def analyze_experiment(
     if plan.hardness_independent in ("auto", "odd_even") and not _has_condition(results, "bare_nl", plan):
         parity = load.load_token_parity(engine, run_id)
     selections = load.load_selections(engine, run_id) if plan.hard_selection is not None else None
-    return build_report(
+    report = build_report(
         results, plan, experiment=experiment, run_id=run_id, token_parity=parity, selections=selections,
         bootstrap=bootstrap, seed=seed,
     )
+    waiting = {s: n for s, n in load.load_selection_jobs(engine, run_id).items() if s != "done"}
+    if waiting:
+        counts = ", ".join(f"{n} {s}" for s, n in sorted(waiting.items()))
+        report.notes.append(
+            f"Incomplete: {sum(waiting.values())} stage selections not made yet ({counts}); "
+            "the jobs of the stages after them do not exist yet and are not counted as missing."
+        )
+    return report
 
 
 def _has_condition(results: pd.DataFrame, name: str, plan: AnalysisPlan) -> bool:

@@ -160,3 +160,22 @@ def test_latest_run_is_the_default(engine):
     report = analyze_experiment(engine, "exp_a", {}, bootstrap=0)
     assert report.run_id == newer and report.effects.empty  # the new run has no jobs yet
     assert "No scores yet: nothing to analyse." in report.notes
+
+
+def test_pending_stage_selections_are_reported(engine):
+    from sqlalchemy import insert
+
+    from tracker import models as m
+
+    run_id = write_run(engine, make_run(experiment="exp_syn", datasets=("alpha",), n_per_dataset=6, seed=29))
+    with engine.begin() as conn:
+        for i, status in enumerate((m.JobStatus.blocked, m.JobStatus.blocked, m.JobStatus.done)):
+            job_id = conn.execute(
+                insert(m.Job).values(job_key=f"select-{i}", kind=m.JobKind.select, status=status, payload={})
+                .returning(m.Job.id)
+            ).scalar_one()
+            conn.execute(insert(m.RunJob).values(run_id=run_id, job_id=job_id, stage=2))
+    assert load.load_selection_jobs(engine, run_id) == {"blocked": 2, "done": 1}
+    report = analyze_experiment(engine, "exp_syn", {}, bootstrap=0)
+    assert any(n.startswith("Incomplete: 2 stage selections not made yet (2 blocked)") for n in report.notes)
+    assert not report.effects.empty  # what is there is still analysed
