@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import Engine, insert
+from sqlalchemy import Engine, insert, text
 
 WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi rho".split()
 
@@ -173,6 +173,11 @@ def write_run(engine: Engine, run: SyntheticRun, *, chunk: int = 50_000) -> int:
             for s, p, t, v in zip(tok["score_id"], tok["position"], tok["token_id"], tok["nll"])
         ]
         _chunked(conn, m.TokenNLL, token_rows, chunk)
+        if conn.dialect.name == "postgresql":  # explicit ids do not advance PostgreSQL's sequences
+            for table in ("samples", "jobs", "scores"):
+                conn.execute(text(
+                    f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), (SELECT max(id) FROM {table}))"
+                ))
     run.run_id = int(run_id)
     return int(run_id)
 
