@@ -194,114 +194,150 @@ class _Collector:
             self.notes.append(text)
 
 
-def _analyse_view(view: ModeView, plan: AnalysisPlan, out: _Collector, settings: Settings, *, parity, selections) -> None:
-    """Every table the plan asks for, for one (model, mode)."""
+def _hardness_tables(view: ModeView, plan: AnalysisPlan, out: _Collector, parity) -> None:
+    """d per quintile of the reference NLL, and per quintile of an independent hardness."""
     ref = plan.reference
-    where = f"{view.model}/{view.mode}"
-    if ref not in view.nll:
-        out.note(f"{where}: no '{ref}' scores, so no comparisons against it.")
-    pairs = _effect_pairs(view, plan)
-    out.add("effects", tables.effect_rows(view, pairs, table="main", settings=settings))
     own = [c for c in view.conditions if c != ref]
-    if ref in view.nll:
-        deltas = {c: view.nll[ref] - view.nll[c] for c in own}
-        out.add(
-            "hardness",
-            tables.hardness_rows(view, measure=ref, reference=ref, hardness=view.nll[ref], deltas=deltas, bins=plan.hardness_bins),
-        )
-        independent = _independent_hardness(view, plan, parity)
-        if independent is not None:
-            measure, hardness, ind_deltas = independent
-            out.add(
-                "hardness",
-                tables.hardness_rows(
-                    view, measure=measure, reference=ref, hardness=hardness, deltas=ind_deltas, bins=plan.hardness_bins
-                ),
-            )
-        elif plan.hardness_independent != "none":
-            out.note(f"{where}: no independent hardness (no bare_nl scores and no token NLLs).")
-    if plan.ranking and view.model not in out.ranked:
-        # one ranking per model over every condition of every mode (the seed ranks oracle_full,
-        # scored in the full-cache mode, among the two-phase conditions)
-        out.ranked.add(view.model)
-        arms = _model_arms(view, plan)
-        if len(arms) >= 2:
-            out.add("ranking", tables.ranking_rows(view, list(arms), labels=arms, mode=_modes_label(view)))
+    deltas = {c: view.nll[ref] - view.nll[c] for c in own}
+    out.add("hardness", tables.hardness_rows(
+        view, measure=ref, reference=ref, hardness=view.nll[ref], deltas=deltas, bins=plan.hardness_bins
+    ))
+    independent = _independent_hardness(view, plan, parity)
+    if independent is not None:
+        measure, hardness, ind_deltas = independent
+        out.add("hardness", tables.hardness_rows(
+            view, measure=measure, reference=ref, hardness=hardness, deltas=ind_deltas, bins=plan.hardness_bins
+        ))
+    elif plan.hardness_independent != "none":
+        out.note(f"{view.model}/{view.mode}: no independent hardness (no bare_nl scores and no token NLLs).")
 
-    population, pop_mask = "all", None
-    if plan.hard_selection is not None:
-        by = plan.hard_selection.by
-        if view.resolve(by) is None:
-            out.note(f"{where}: hard selection by '{by}' impossible: no such scores.")
-        else:
-            stored = None
-            if selections is not None and not selections.empty:
-                stored = selections[selections["stage"] == plan.hard_selection.stage]
-            pop_mask, sel_rows = tables.hard_mask(view, by, plan.hard_selection.fraction, stored)
-            population = "hard"
-            out.add("hard_selection", sel_rows)
-            out.add("effects", tables.effect_rows(view, pairs, table="hard", population="hard", mask=pop_mask, settings=settings))
 
+def _ranking_table(view: ModeView, plan: AnalysisPlan, out: _Collector) -> None:
+    """One ranking per model over every condition of every mode.
+
+    The seed ranks oracle_full (scored in the full-cache mode) among the two-phase conditions.
+    """
+    if not plan.ranking or view.model in out.ranked:
+        return
+    out.ranked.add(view.model)
+    arms = _model_arms(view, plan)
+    if len(arms) >= 2:
+        out.add("ranking", tables.ranking_rows(view, list(arms), labels=arms, mode=_modes_label(view)))
+
+
+def _hard_tables(view, plan, out, settings, pairs, selections) -> np.ndarray | None:
+    """The hard-example mask (stored selection or computed) and effects on it; None without one."""
+    if plan.hard_selection is None:
+        return None
+    by = plan.hard_selection.by
+    if view.resolve(by) is None:
+        out.note(f"{view.model}/{view.mode}: hard selection by '{by}' impossible: no such scores.")
+        return None
+    stored = None
+    if selections is not None and not selections.empty:
+        stored = selections[selections["stage"] == plan.hard_selection.stage]
+    mask, selection_rows = tables.hard_mask(view, by, plan.hard_selection.fraction, stored)
+    out.add("hard_selection", selection_rows)
+    out.add("effects", tables.effect_rows(view, pairs, table="hard", population="hard", mask=mask, settings=settings))
+    return mask
+
+
+def _semantic_table(view, plan, out, settings, population: str, mask) -> None:
+    """Semantic delta(C) = NLL(semantic reference) - NLL(C), on the hard samples when selected."""
     sem = plan.semantic_reference
-    if sem:
-        if view.resolve(sem) is None:
-            out.note(f"{where}: semantic reference '{sem}' has no scores.")
-        else:
-            sem_pairs = [(c, sem) for c in own if c != sem and c not in view.borrowed]
-            out.add(
-                "effects",
-                tables.effect_rows(view, sem_pairs, table="semantic", population=population, mask=pop_mask, settings=settings),
-            )
+    if not sem:
+        return
+    if view.resolve(sem) is None:
+        out.note(f"{view.model}/{view.mode}: semantic reference '{sem}' has no scores.")
+        return
+    pairs = [(c, sem) for c in view.conditions if c not in (plan.reference, sem) and c not in view.borrowed]
+    out.add("effects", tables.effect_rows(view, pairs, table="semantic", population=population, mask=mask, settings=settings))
 
-    if plan.gradient:
-        order = [c for c in plan.gradient if view.resolve(c) is not None]
-        absent = [c for c in plan.gradient if c not in order]
-        if absent:
-            out.note(f"{where}: gradient conditions without scores: {', '.join(absent)}.")
-        if len(order) >= 2 and view.resolve(ref) is not None:
-            summary, values = tables.gradient_rows(view, order, ref, population=population, mask=pop_mask)
-            out.add("gradient", summary)
-            out.add("gradient_values", values)
 
-    structural = plan.structural or ("random_tokens", "oracle")
-    explicit = plan.structural is not None and "structural" in plan.raw
-    have = all(view.resolve(x) is not None for x in (ref, *structural))
-    if have:
-        out.add("structural", tables.structural_rows(view, ref, *structural, settings=settings))
-    elif explicit:
-        out.note(f"{where}: structural fraction needs scores of {ref}, {structural[0]} and {structural[1]}.")
+def _gradient_tables(view, plan, out, population: str, mask) -> None:
+    if not plan.gradient:
+        return
+    order = [c for c in plan.gradient if view.resolve(c) is not None]
+    absent = [c for c in plan.gradient if c not in order]
+    if absent:
+        out.note(f"{view.model}/{view.mode}: gradient conditions without scores: {', '.join(absent)}.")
+    if len(order) >= 2 and view.resolve(plan.reference) is not None:
+        summary, values = tables.gradient_rows(view, order, plan.reference, population=population, mask=mask)
+        out.add("gradient", summary)
+        out.add("gradient_values", values)
 
+
+def _structural_arms(view: ModeView, plan: AnalysisPlan, out: _Collector) -> tuple[str, str] | None:
+    """(random, oracle) when all three arms are scored; the default pair is tried silently."""
+    arms = plan.structural or ("random_tokens", "oracle")
+    if all(view.resolve(x) is not None for x in (plan.reference, *arms)):
+        return arms
+    if plan.structural is not None and "structural" in plan.raw:
+        out.note(f"{view.model}/{view.mode}: structural fraction needs scores of {plan.reference}, {arms[0]} and {arms[1]}.")
+    return None
+
+
+def _comparison_table(view, plan, out, settings) -> None:
     contrasts = tables.comparison_pairs(view, plan.contrasts)
     skipped = [f"{a} vs {b}" for a, b in plan.contrasts if (a, b) not in contrasts]
     if skipped:
-        out.note(f"{where}: comparisons without scores on both sides: {', '.join(skipped)}.")
+        out.note(f"{view.model}/{view.mode}: comparisons without scores on both sides: {', '.join(skipped)}.")
     if contrasts:
         out.add("effects", tables.effect_rows(view, contrasts, table="comparison", settings=settings))
 
+
+def _factorial_tables(view, plan, out, settings) -> None:
     for design in plan.factorials:
-        # a design naming condition@mode cells spans modes: compute it once per model
+        # a design whose cells all name condition@mode spans modes: compute it once per model
         spans_modes = all("@" in name for row in design.cells for name in row)
         if spans_modes and (view.model, design.name) in out.done:
             continue
         rows = tables.factorial_rows(view, design, settings=settings)
-        if rows:
-            if spans_modes:
-                out.done.add((view.model, design.name))
-                for row in rows:
-                    row["mode"] = "*"
-            out.add("factorial", rows)
-
-    if plan.length_bins and ref in view.nll:
-        for label, mask in tables.length_bin_masks(view, plan.length_bins):
-            rows = tables.effect_rows(view, pairs, table=f"length {label}", population=label, mask=mask, settings=Settings(0, settings.seed))
+        if not rows:
+            continue
+        if spans_modes:
+            out.done.add((view.model, design.name))
             for row in rows:
-                row["answer_words"] = label
-            out.add("answer_length", rows)
-            if have:
-                srows = tables.structural_rows(
-                    view, ref, *structural, settings=settings, mask=mask, extra={"answer_words": label}
-                )
-                out.add("answer_length_structural", srows)
+                row["mode"] = "*"
+        out.add("factorial", rows)
+
+
+def _length_tables(view, plan, out, settings, pairs, structural) -> None:
+    """Effects (and structural fractions) per answer-length bin; no CIs (many small bins)."""
+    if not plan.length_bins or plan.reference not in view.nll:
+        return
+    for label, mask in tables.length_bin_masks(view, plan.length_bins):
+        rows = tables.effect_rows(
+            view, pairs, table=f"length {label}", population=label, mask=mask, settings=Settings(0, settings.seed)
+        )
+        for row in rows:
+            row["answer_words"] = label
+        out.add("answer_length", rows)
+        if structural:
+            out.add("answer_length_structural", tables.structural_rows(
+                view, plan.reference, *structural, settings=settings, mask=mask, extra={"answer_words": label}
+            ))
+
+
+def _analyse_view(view: ModeView, plan: AnalysisPlan, out: _Collector, settings: Settings, *, parity, selections) -> None:
+    """Every table the plan asks for, for one (model, mode)."""
+    if plan.reference not in view.nll:
+        out.note(f"{view.model}/{view.mode}: no '{plan.reference}' scores, so no comparisons against it.")
+    pairs = _effect_pairs(view, plan)
+    out.add("effects", tables.effect_rows(view, pairs, table="main", settings=settings))
+    if plan.reference in view.nll:
+        _hardness_tables(view, plan, out, parity)
+    _ranking_table(view, plan, out)
+    hard = _hard_tables(view, plan, out, settings, pairs, selections)
+    population = "all" if hard is None else "hard"
+    _semantic_table(view, plan, out, settings, population, hard)
+    _gradient_tables(view, plan, out, population, hard)
+    structural = _structural_arms(view, plan, out)
+    if structural:
+        out.add("structural", tables.structural_rows(view, plan.reference, *structural, settings=settings))
+    _comparison_table(view, plan, out, settings)
+    _factorial_tables(view, plan, out, settings)
+    _length_tables(view, plan, out, settings, pairs, structural)
 
 
 def build_report(
