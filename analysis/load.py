@@ -12,7 +12,7 @@ import re
 import pandas as pd
 from sqlalchemy import Engine, exc, text
 
-from tracker.errors import DatabaseError, UnknownExperimentError
+from tracker.errors import UnknownExperimentError
 
 RESULT_COLUMNS = [
     "experiment", "run_id", "stage", "dataset", "sample_id", "condition", "model", "mode",
