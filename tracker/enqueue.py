@@ -748,7 +748,8 @@ def _enqueue_in_session(session: Session, spec: ExperimentSpec, options: Enqueue
     run_id = _ensure_run(session, spec, options.overrides(spec), dry_run)
     ctx = _Context(spec, run_id, dry_run, resolved, model_ids, condition_ids, samples, run_members(session, run_id))
 
-    report = EnqueueReport(spec.name, spec.spec_hash(), run_id, dry_run, [m.identity.name for m in resolved],
+    names = [f"{m.identity.name} ({m.identity.dtype})" if m.identity.dtype else m.identity.name for m in resolved]
+    report = EnqueueReport(spec.name, spec.spec_hash(), run_id, dry_run, names,
                            samples_total=sum(len(v) for v in samples.values()), samples_created=created_samples)
     first = spec.stages[0]
     stage1 = StageReport(first.number, first.name)

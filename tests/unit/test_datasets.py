@@ -101,6 +101,22 @@ def test_tinyqa_is_bundled_with_60_docs_of_80_to_200_tokens():
         assert core in s.doc.lower(), s.source_key  # the passage supports the answer
 
 
+@pytest.mark.parametrize("name", ["ms_marco", "squad_v2", "trivia_qa", "hotpot_qa", "neural_bridge"])
+def test_each_loader_samples_deterministically(name, tmp_path):
+    root = write_synthetic_data_dir(tmp_path, 30, (name,))
+    first = [s.source_key for s in ds.load_samples(name, n=8, seed=42, data_dir=root)]
+    ds.clear_cache()
+    assert [s.source_key for s in ds.load_samples(name, n=8, seed=42, data_dir=root)] == first
+    assert len(set(first)) == 8
+    assert set(s.source_key for s in ds.load_samples(name, n=8, seed=7, data_dir=root)) != set(first)
+
+
+def test_tinyqa_sampling_is_deterministic():
+    a = ds.load_samples("tinyqa", n=10, seed=1)
+    assert a == ds.load_samples("tinyqa", n=10, seed=1)
+    assert {s.source_key for s in ds.load_samples("tinyqa", n=10, seed=2)} != {s.source_key for s in a}
+
+
 def test_sampling_is_deterministic_per_seed_and_independent_of_file_order(tmp_path):
     root = write_synthetic_data_dir(tmp_path / "a", 50, ("squad_v2",))
     first = [s.source_key for s in ds.load_samples("squad_v2", n=10, seed=42, data_dir=root)]

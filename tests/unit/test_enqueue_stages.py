@@ -172,3 +172,28 @@ def test_perform_selection_is_idempotent_and_ranks_ties_by_sample_id(db_url, dat
         assert (s.scalar(select(func.count()).select_from(Job)), s.scalar(select(func.count()).select_from(RunJob)),
                 s.scalar(select(func.count()).select_from(SelectionMember))) == counts
     assert report.stage(2).planned == 4 * 4 * 12
+
+
+def test_a_failed_generation_fails_its_dependants_visibly(sqlite_url, data_dir):
+    from workers.backends.fake import FakeBackend
+    from workers.worker import QueueWorker, WorkerOptions
+
+    class GenerationFails(FakeBackend):
+        def generate(self, tasks):
+            raise RuntimeError("the generator broke")
+
+    spec_kw = dict(data_dir=data_dir, models=["test-fake"], limit=2, device="cpu")
+    enqueue("exp02", db=sqlite_url, **spec_kw)
+    options = WorkerOptions(device="cpu", model="test-fake", batch_size=64, exit_when_empty=True, poll_seconds=0.01)
+    QueueWorker(get_engine(sqlite_url), options, lambda name, device, dtype: GenerationFails()).run()
+    with session_scope(get_engine(sqlite_url)) as s:
+        jobs = s.scalars(select(Job).where(Job.kind != JobKind.select)).all()
+        failed_gen = [j for j in jobs if j.kind == JobKind.generate]
+        assert len(failed_gen) == 2 * 5 and {JobStatus(j.status) for j in failed_gen} == {JobStatus.failed}
+        dependants = [j for j in jobs if j.kind == JobKind.score and "surrogate" in j.payload]
+        assert len(dependants) == 2 * 5
+        for job in dependants:
+            assert JobStatus(job.status) == JobStatus.failed
+            assert "the generator broke" in job.error_message and str(job.id) not in (job.error_type or "")
+        others = [j for j in jobs if j.kind == JobKind.score and "surrogate" not in j.payload]
+        assert {JobStatus(j.status) for j in others} == {JobStatus.done}

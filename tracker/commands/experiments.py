@@ -84,6 +84,8 @@ def render_report(report: EnqueueReport) -> str:
         lines.append("later stages are created by a worker once stage 1 of a dataset is done "
                      "(its select job); re-running enqueue never selects")
     lines.extend(f"warning: {w}" for w in report.warnings)
+    if not report.dry_run:
+        lines.append(f"next: tracker worker --device cpu|--gpu N, then tracker status {report.experiment}")
     return "\n".join(lines)
 
 
