@@ -81,6 +81,7 @@ class DatasetInfo:
     recipe: Mapping[str, Any]
     mapper: Mapper
     description: str = ""
+    recipe_keys: frozenset[str] = frozenset({"doc_max_words"})  # what a spec may set in `recipe`
 
 
 # --- text helpers ----------------------------------------------------------------------
@@ -217,7 +218,8 @@ def map_tinyqa(row: Mapping[str, Any], recipe: Mapping[str, Any]) -> MappedRow |
     doc, query, answer = _clean(row.get("context")), _clean(row.get("question")), _clean(row.get("answer"))
     if not doc or not query or not answer:
         return None
-    return MappedRow(str(row["id"]), doc, query, answer, {"topic": row.get("topic")})
+    return MappedRow(str(row["id"]), truncate_words(doc, recipe.get("doc_max_words")), query, answer,
+                     {"topic": row.get("topic")})
 
 
 DATASETS: dict[str, DatasetInfo] = {
@@ -232,7 +234,8 @@ DATASETS: dict[str, DatasetInfo] = {
                     "TriviaQA rc.wikipedia: a 300-word window of the wiki page around the answer"),
         DatasetInfo("hotpot_qa", "hotpotqa/hotpot_qa", "distractor", "validation",
                     {"loader": "hotpot_qa/1", "skip_yes_no": True}, map_hotpot_qa,
-                    "HotpotQA distractor: the supporting paragraphs; yes/no questions skipped"),
+                    "HotpotQA distractor: the supporting paragraphs; yes/no questions skipped",
+                    frozenset({"doc_max_words", "skip_yes_no"})),
         DatasetInfo("neural_bridge", "neural-bridge/rag-dataset-12000", None, "test",
                     {"loader": "neural_bridge/1"}, map_neural_bridge,
                     "neural-bridge rag-dataset-12000: naturally long docs"),
@@ -250,8 +253,16 @@ def get_dataset_info(name: str) -> DatasetInfo:
 
 
 def build_recipe(name: str, split: str | None = None, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """The full doc-preparation recipe: defaults + overrides + dataset and split."""
+    """The full doc-preparation recipe: defaults + overrides + dataset and split.
+
+    A change in a mapper's output must bump its ``loader`` version in :data:`DATASETS`, so
+    that samples prepared the old way are never matched to the new recipe.
+    """
     info = get_dataset_info(name)
+    unknown = sorted(set(overrides or {}) - info.recipe_keys)
+    if unknown:
+        raise DatasetError(f"Dataset {name} has no recipe option {unknown[0]!r}.",
+                           hint=f"its options: {', '.join(sorted(info.recipe_keys))}")
     return {**info.recipe, **dict(overrides or {}), "dataset": name, "split": split or info.default_split}
 
 

@@ -108,6 +108,8 @@ def _bad(change) -> dict:
     (lambda s: s["datasets"].append({"name": "imagenet"}), "`datasets[1].name`"),
     (lambda s: s["datasets"][0].update(n=0), "`datasets[0].n`"),
     (lambda s: s["datasets"][0].update(n="many"), "`datasets[0].n`"),
+    (lambda s: s["datasets"][0].update(recipe={"pad_to_tokens": 512}), "`datasets[0].recipe.pad_to_tokens`"),
+    (lambda s: s["datasets"][0].update(recipe={"doc_max_words": 0}), "`datasets[0].recipe.doc_max_words`"),
     (lambda s: s.update(mode="sideways"), "`mode`"),
     (lambda s: s.update(stages=[{"conditions": ["bare"]}, {"conditions": ["oracle", "llm_extract"]}]),
      "`stages[1].select`"),

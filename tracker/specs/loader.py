@@ -122,6 +122,13 @@ def _datasets(raw: Any, default_seed: int) -> tuple[DatasetEntry, ...]:
         name = _str(item["name"], f"{where}.name")
         if name not in DATASETS:
             raise _fail(f"{where}.name", f"unknown dataset {name!r}", hint=f"known datasets: {', '.join(DATASETS)}")
+        recipe = dict(_mapping(item.get("recipe", {}), f"{where}.recipe"))
+        unknown = sorted(set(recipe) - DATASETS[name].recipe_keys)
+        if unknown:
+            raise _fail(f"{where}.recipe.{unknown[0]}", f"dataset {name} has no recipe option {unknown[0]!r}",
+                        hint=f"its options: {', '.join(sorted(DATASETS[name].recipe_keys))}")
+        if "doc_max_words" in recipe:
+            _int(recipe["doc_max_words"], f"{where}.recipe.doc_max_words", minimum=1)
         n = item.get("n")
         if n is not None and n != "all":
             n = _int(n, f"{where}.n", minimum=1)
@@ -129,7 +136,7 @@ def _datasets(raw: Any, default_seed: int) -> tuple[DatasetEntry, ...]:
             name=name, n=None if n in (None, "all") else n,
             seed=_int(item.get("seed", default_seed), f"{where}.seed"),
             split=_str(item["split"], f"{where}.split") if item.get("split") is not None else None,
-            recipe=dict(_mapping(item.get("recipe", {}), f"{where}.recipe")),
+            recipe=recipe,
             label=_str(item["label"], f"{where}.label") if item.get("label") is not None else "",
         ))
     keys = [d.key for d in entries]
