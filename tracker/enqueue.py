@@ -42,7 +42,7 @@ from tracker.conditions import (
 )
 from tracker.datasets import PreparedSample, load_samples
 from tracker.db import get_engine, session_scope
-from tracker.errors import ConfigError, SpecError, UnknownModelError
+from tracker.errors import ConfigError, DatabaseError, SpecError, UnknownModelError
 from tracker.identity import canonical_json, generate_job_key, score_job_key, select_job_key
 from tracker.models import (
     Condition,
@@ -56,7 +56,6 @@ from tracker.models import (
     RunJob,
     Sample,
     Selection,
-    Surrogate,
 )
 from tracker.specs import ExperimentSpec, load_spec
 
@@ -65,6 +64,8 @@ CHUNK = 500
 GENERATE_PRIORITY = 10  # generations first: they unblock scoring jobs
 SELECT_PRIORITY = 20
 FALLBACK_SCORER_VERSION = "dec-2pass-1"  # until workers.scoring is importable
+TRANSACTION_ATTEMPTS = 3
+TRANSIENT_ERRORS = ("deadlock detected", "could not serialize")
 
 
 # --- model identity ----------------------------------------------------------------------
@@ -281,14 +282,17 @@ def add_members(session: Session, run_id: int, stage: int, job_ids: Iterable[int
     insert_ignore(session, RunJob, rows, ("run_id", "job_id"))
 
 
-def existing_surrogates(session: Session, sample_ids: Iterable[int]) -> set[tuple[int, str, str, int]]:
-    ids = sorted(set(sample_ids))
-    found: set[tuple[int, str, str, int]] = set()
+def lock_jobs(session: Session, job_ids: Iterable[int]) -> dict[int, JobStatus]:
+    """Current status of ``job_ids``, rows locked until commit (PostgreSQL; SQLite has one writer).
+
+    New dependants are added under this lock, so a dependency that completes concurrently
+    cannot release its dependants before ours exist and leave them blocked for good.
+    """
+    ids = sorted(set(job_ids))
+    found: dict[int, JobStatus] = {}
     for chunk in _chunks(ids):
-        found.update(session.execute(
-            select(Surrogate.sample_id, Surrogate.kind, Surrogate.prompt_hash, Surrogate.generator_model_id)
-            .where(Surrogate.sample_id.in_(chunk))
-        ).all())
+        rows = session.execute(select(Job.id, Job.status).where(Job.id.in_(chunk)).order_by(Job.id).with_for_update())
+        found.update({job_id: JobStatus(status) for job_id, status in rows})
     return found
 
 
@@ -437,17 +441,18 @@ def write_score_jobs(session: Session, run_id: int | None, stage: int, plans: Se
     result.cost.score_batched_passes = 2 * len(groups)
 
     if not dry_run and new_scores:
-        have = existing_surrogates(session, [p.sample_id for p in new_scores.values() if p.surrogate])
+        # Lock the generation jobs first: one finishing now either did so before (we see it
+        # done) or waits for our commit and then sees, and releases, the dependants we add.
+        gen_status = lock_jobs(session, [gen_existing[p.generate_key][0] for p in new_scores.values() if p.surrogate])
         rows, deps = [], []
         for key, p in new_scores.items():
             status = JobStatus.pending
-            s = p.surrogate
-            if s is not None and (p.sample_id, s.kind, s.prompt_hash, s.generator_model_id) not in have:
-                status = JobStatus.blocked
-                gen_id, gen_status = gen_existing[p.generate_key]
-                deps.append((key, gen_id))
-                if gen_status == JobStatus.failed:
-                    result.blocked_on_failed += 1
+            if p.surrogate is not None:
+                gen_id = gen_existing[p.generate_key][0]
+                if gen_status[gen_id] != JobStatus.done:
+                    status = JobStatus.blocked
+                    deps.append((key, gen_id))
+                    result.blocked_on_failed += gen_status[gen_id] == JobStatus.failed
             rows.append(_score_row(key, p, status))
         insert_ignore(session, Job, rows, ("job_key",))
         score_existing.update(jobs_by_key(session, new_scores))
@@ -726,11 +731,17 @@ def enqueue(
         for d in spec.datasets
     }
     engine = engine or get_engine(db)
-    with session_scope(engine) as session:
-        report = _enqueue_in_session(session, spec, options, resolved, prepared, dry_run)
-        if dry_run:
-            session.rollback()
-    return report
+    for attempt in range(1, TRANSACTION_ATTEMPTS + 1):
+        try:
+            with session_scope(engine) as session:
+                report = _enqueue_in_session(session, spec, options, resolved, prepared, dry_run)
+                if dry_run:
+                    session.rollback()
+            return report
+        except DatabaseError as err:  # a deadlock with a completing worker: the transaction is void, redo it
+            if attempt == TRANSACTION_ATTEMPTS or not any(t in str(err).lower() for t in TRANSIENT_ERRORS):
+                raise
+    raise AssertionError("unreachable")
 
 
 def _enqueue_in_session(session: Session, spec: ExperimentSpec, options: EnqueueOptions,
@@ -822,7 +833,8 @@ def _later_stage(session: Session, ctx: _Context, stage: Any, d: Any,
     if ctx.dry_run:
         return
     deps = [first_jobs[k_] for k_ in dep_keys]
-    all_done = all(status == JobStatus.done for _, status in deps)
+    statuses = lock_jobs(session, [dep_id for dep_id, _ in deps])
+    all_done = all(statuses[dep_id] == JobStatus.done for dep_id, _ in deps)
     payload = {
         "run_id": ctx.run_id, "stage": stage.number, "dataset": d.key, "dataset_name": d.name,
         "fraction": rule.fraction, "by": rule.by, "order": rule.order, "per": rule.per,

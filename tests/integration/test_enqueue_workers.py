@@ -118,3 +118,62 @@ def test_exp02_then_exp03_with_real_workers_on_postgres(pg_url, tmp_path):
                                 .order_by(SelectionMember.rank)).all()
             assert list(members) == top
         assert s.scalar(select(func.count()).select_from(Job).where(Job.kind == JobKind.select)) == 4
+
+
+@pytest.mark.postgres
+def test_a_dependant_added_while_its_generation_completes_is_not_left_blocked(pg_url, tmp_path):
+    """enqueue locks the generation job before adding a dependant to it (see `lock_jobs`)."""
+    import threading
+    import time
+
+    from sqlalchemy import create_engine, update
+    from sqlalchemy.orm import Session
+
+    from tracker import queue
+    from tracker.specs import load_spec
+
+    clear_cache()
+    data = str(write_synthetic_data_dir(tmp_path / "data", 5))
+    base = {"name": "race", "models": ["test-fake"], "device": "cpu", "datasets": [{"name": "squad_v2", "n": 1}],
+            "conditions": ["bare", "llm_extract"]}
+    enqueue(load_spec_from(tmp_path, base), db=pg_url, data_dir=data)
+    with session_scope(get_engine(pg_url)) as s:
+        gen_id = s.scalar(select(Job.id).where(Job.kind == JobKind.generate))
+
+    other = create_engine(pg_url)
+    worker_side = Session(other)
+    # A worker completing the generation: done + release, not yet committed (its row is locked).
+    worker_side.execute(update(Job).where(Job.id == gen_id).values(status=JobStatus.done))
+    queue.release_dependants(worker_side, [gen_id])  # releases the dependants it can see
+
+    def finish_later() -> None:
+        time.sleep(3.0)  # enqueue reads the generation job meanwhile: without the lock it sees "pending"
+        worker_side.commit()
+
+    thread = threading.Thread(target=finish_later)
+    thread.start()
+    # a second condition asking for the same surrogate: its job depends on the same generation job
+    more = {**base, "conditions": ["bare", "llm_extract", {"name": "llm_extract_raw", "kind": "llm",
+                                                            "params": {"surrogate": "extract",
+                                                                       "prompt": load_spec("exp02").condition(
+                                                                           "llm_extract").params["prompt"],
+                                                                       "matched": False}}]}
+    report = enqueue(load_spec_from(tmp_path, more), db=pg_url, data_dir=data)
+    thread.join()
+    worker_side.close()
+    other.dispose()
+    assert report.stage(1).score.created == 1 and report.stage(1).generate.created == 0
+    with session_scope(get_engine(pg_url)) as s:
+        raw = s.scalar(select(Job).join(Condition, Condition.id == Job.condition_id)
+                       .where(Condition.name == "llm_extract_raw"))
+        assert JobStatus(raw.status) == JobStatus.pending  # not blocked on a job that is already done
+
+
+def load_spec_from(tmp_path: Path, data: dict):
+    import yaml
+
+    from tracker.specs import load_spec
+
+    path = tmp_path / f"{data['name']}-{len(data['conditions'])}.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return load_spec(str(path))
