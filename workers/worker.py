@@ -464,6 +464,8 @@ class QueueWorker:
         if not tasks:
             return
         call = self.backend.score if kind == JobKind.score else self.backend.generate
+        log.debug("%s %d jobs: %s", "scoring" if kind == JobKind.score else "generating", len(tasks),
+                  " ".join(str(t.job_id) for t in tasks))
         started = time.perf_counter()
         results, failures = self._call_backend(call, tasks)
         per_job = (time.perf_counter() - started) / len(tasks)
