@@ -83,6 +83,8 @@ def test_self_check_passes_on_good_models(name):
     assert result["bare_vs_single_pass"]["n_tokens"] == len(ANSWER)
     assert result["causality"]["max_leak"] == 0.0
     assert result["rerotation"]["max_rel_diff"] < 1e-4
+    assert result["positions"]["max_rel_diff"] < 1e-4
+    assert result["positions"]["entries"] == 1 + len(DOC) + 2 * len(NL) + len(QUERY) + len(ANSWER)
 
 
 def test_self_check_refuses_a_lookahead_scorer():
@@ -99,7 +101,20 @@ def test_self_check_refuses_phase_b_positions_off_by_one(monkeypatch):
         return real(view, cache, phase_b, batch, start_positions + 1, *args, **kwargs)
 
     monkeypatch.setattr(dec, "run_phase_b", shifted)
-    with pytest.raises(SelfCheckFailed, match="single forward pass"):
+    with pytest.raises(SelfCheckFailed, match="single forward pass") as info:
+        self_check(model, BOS, NL, DOC, QUERY, ANSWER, PREFIX)
+    assert "wrong positions" in str(info.value)
+
+
+def test_bf16_self_check_passes_and_still_catches_a_position_offset(monkeypatch):
+    """In bf16 NLL noise can hide a one-position offset; the layer-0 key probe does not."""
+    model = build_tiny("tiny-random-llama")[0].to(torch.bfloat16)
+    result = self_check(model, BOS, NL, DOC, QUERY, ANSWER, PREFIX)
+    assert result["passed"] and result["dtype"] == "bfloat16"
+    real = dec.run_phase_b
+    monkeypatch.setattr(dec, "run_phase_b", lambda view, cache, ids, batch, starts, *a, **k: real(
+        view, cache, ids, batch, starts + 1, *a, **k))
+    with pytest.raises(SelfCheckFailed, match="wrong positions"):
         self_check(model, BOS, NL, DOC, QUERY, ANSWER, PREFIX)
 
 

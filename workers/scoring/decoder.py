@@ -251,6 +251,11 @@ def _expect_cache_length(cache, expected: int, when: str) -> None:
 
 def score_chunk(view: LanguageModelView, mode: str, layouts: list[RowLayout]) -> torch.Tensor:
     """Phase A + Phase B for rows sharing doc/query/answer. Returns answer NLLs [batch, A]."""
+    return score_chunk_with_cache(view, mode, layouts)[0]
+
+
+def score_chunk_with_cache(view: LanguageModelView, mode: str, layouts: list[RowLayout]):
+    """`score_chunk` that also returns the final cache (Phase A entries kept + Phase B), for the self-check."""
     cache, pads, padding_mask = run_phase_a(view, mode, layouts)
     batch = len(layouts)
     first = layouts[0]
@@ -263,7 +268,7 @@ def score_chunk(view: LanguageModelView, mode: str, layouts: list[RowLayout]) ->
         lengths = torch.tensor([len(lay.phase_a) for lay in layouts])
         _expect_cache_length(cache, int(lengths.max()), "before Phase B")
         hidden = run_phase_b(view, cache, first.phase_b, batch, lengths, padding_mask)
-    return answer_nlls(view, hidden, first)
+    return answer_nlls(view, hidden, first), cache
 
 
 def _is_oom(error: BaseException) -> bool:

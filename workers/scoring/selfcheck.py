@@ -4,7 +4,10 @@
    over ``[BOS]+doc+[\\n]+query+[\\n]+answer`` (within a dtype-appropriate tolerance).
 2. ``causality``: perturbing each Phase B token in turn changes no earlier logit (exactly 0
    on CPU; a one-token look-ahead moves earlier logits by orders of magnitude more).
-3. ``rerotation``: after selection and re-rotation of a prefixed Phase A, the layer-0 doc
+3. ``positions``: the layer-0 keys of the final bare two-phase cache (BOS, doc, Phase B)
+   equal those of the single pass. Layer-0 keys depend only on token and position, so this
+   catches a position offset even in bf16, where NLL noise can hide one.
+4. ``rerotation``: after selection and re-rotation of a prefixed Phase A, the layer-0 doc
    keys equal the bare run's (layer-0 keys depend only on the token and its position, on
    any model), so the rotary convention, per-layer-type frequencies and selection indices
    are right for this family.
@@ -27,12 +30,12 @@ from workers.scoring.decoder import (
     layout_row,
     run_phase_a,
     run_phase_b,
-    score_rows,
+    score_chunk_with_cache,
     select_and_rerotate,
     single_pass_nlls,
     whole_sequence,
 )
-from workers.scoring.kvcache import clone_cache, layers_of
+from workers.scoring.kvcache import clone_cache, layers_of, new_phase_a_cache
 from workers.scoring.lm_view import LanguageModelView, view_of
 from workers.scoring.rotary import check_rope_supported
 
@@ -85,6 +88,13 @@ def _layer0_doc_keys_after_rerotation(view: LanguageModelView, bos_id: int, sep,
     return moved, reference
 
 
+def _rel_diff(got: torch.Tensor, want: torch.Tensor) -> float:
+    """Largest absolute difference relative to the largest magnitude (inf on a shape mismatch)."""
+    if got.shape != want.shape:
+        return float("inf")
+    return float((got - want).abs().max()) / (float(want.abs().max()) or 1.0)
+
+
 def _bare_cache(view: LanguageModelView, layout: RowLayout):
     cache, _, _ = run_phase_a(view, TWO_PHASE, [layout])
     return cache
@@ -102,7 +112,7 @@ def self_check(
     *,
     phase_b_logits_factory: Callable[[LanguageModelView, object, int], PhaseBLogits] = phase_b_logits_fn,
 ) -> dict:
-    """Run the three probes on a fixed short input; raise SelfCheckFailed if any fails."""
+    """Run the probes on a fixed short input; raise SelfCheckFailed if any fails."""
     view = view_of(model)
     dtype = view.dtype
     try:
@@ -113,10 +123,16 @@ def self_check(
     row = ScoringRow.of(None, doc_ids, query_ids, answer_ids)
     layout = layout_row(int(bos_id), sep, row)
 
-    two_phase = torch.tensor(score_rows(view, TWO_PHASE, bos_id, sep, [row], max_batch=1)[0].token_nlls)
+    nlls, final_cache = score_chunk_with_cache(view, TWO_PHASE, [layout])
+    two_phase = nlls[0].float().cpu()
     ids, answer_start = whole_sequence(TWO_PHASE, layout)
     reference = single_pass_nlls(view.model, ids, answer_start).cpu()
     nll_diff = (two_phase - reference).abs()
+    single_cache = new_phase_a_cache()
+    view.text_model(input_ids=torch.tensor([ids], device=view.device), cache=single_cache, use_cache=True)
+    got_keys, want_keys = layers_of(final_cache)[0][0].float(), layers_of(single_cache)[0][0].float()
+    positions = {"max_rel_diff": _rel_diff(got_keys, want_keys), "tolerance": KEY_TOLERANCE.get(dtype, 3e-2),
+                 "entries": int(want_keys.shape[2])}
     bare = {"max_abs_diff": float(nll_diff.max()), "mean_abs_diff": float(nll_diff.mean()),
             "tolerance": NLL_TOLERANCE.get(dtype, 0.25), "n_tokens": int(nll_diff.numel())}
 
@@ -127,8 +143,7 @@ def self_check(
     causality["tolerance"] = 0.0 if view.device.type == "cpu" else 1e-3
 
     moved, expected = _layer0_doc_keys_after_rerotation(view, int(bos_id), sep, prefix_ids, row)
-    scale = float(expected.float().abs().max()) or 1.0
-    rerotation = {"max_rel_diff": float((moved.float() - expected.float()).abs().max()) / scale,
+    rerotation = {"max_rel_diff": _rel_diff(moved.float(), expected.float()),
                   "tolerance": KEY_TOLERANCE.get(dtype, 3e-2), "prefix_len": len(prefix_ids)}
 
     failures = []
@@ -138,11 +153,14 @@ def self_check(
         failures.append(f"a later Phase B token changed an earlier logit by {causality['max_leak']:.3g} (look-ahead)")
     if not causality["min_effect"] > 0:
         failures.append("perturbing a Phase B token did not change its own logits (probe is vacuous)")
+    if got_keys.shape != want_keys.shape or positions["max_rel_diff"] > positions["tolerance"]:
+        failures.append(f"layer-0 keys of the scored cache differ from a single pass by {positions['max_rel_diff']:.3g} "
+                        "(wrong positions)")
     if rerotation["max_rel_diff"] > rerotation["tolerance"]:
         failures.append(f"re-rotated layer-0 doc keys differ from the bare run's by {rerotation['max_rel_diff']:.3g}")
     result = {"passed": not failures, "scorer_version": SCORER_VERSION, "dtype": str(dtype).removeprefix("torch."),
               "device": str(view.device), "bare_vs_single_pass": bare, "causality": causality,
-              "rerotation": rerotation, "failures": failures}
+              "positions": positions, "rerotation": rerotation, "failures": failures}
     if failures:
         raise SelfCheckFailed(
             "scorer self-check failed on this model/dtype/device: " + "; ".join(failures),
