@@ -52,9 +52,10 @@ def _run_workers(url: str, tmp_path: Path, count: int = 2) -> None:
             [sys.executable, "-m", "tracker.cli", "worker", "--model", MODEL, "--device", "cpu",
              "--exit-when-empty", "--poll-seconds", "0.2", "--batch-size", "32"],
             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT), log))
-    for proc, log in procs:
-        assert proc.wait(timeout=600) == 0, (tmp_path / "worker0.log").read_text()[-3000:]
+    for i, (proc, log) in enumerate(procs):
+        code = proc.wait(timeout=600)
         log.close()
+        assert code == 0, f"worker {i} exited with {code}:\n" + (tmp_path / f"worker{i}.log").read_text()[-4000:]
 
 
 def _check_prefixes(session) -> int:
