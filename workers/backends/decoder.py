@@ -12,6 +12,7 @@ import hashlib
 import platform
 from collections import OrderedDict
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 import transformers
@@ -55,8 +56,15 @@ def resolve_bos_id(spec: ModelSpec, tokenizer) -> int:
 
 
 def _device_name(device: torch.device) -> str:
+    """GPU name, or the CPU model name (from /proc/cpuinfo on Linux)."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
     return platform.processor() or platform.machine() or "cpu"
 
 

@@ -36,7 +36,7 @@ import torch
 from transformers import PreTrainedModel
 
 from tracker.errors import DeviceError, EmptyAnswerError, InputTooLongError
-from workers.modes import DECODER_MODES, FULL, PREFIX_LM_BIDIR, PREFIX_LM_CAUSAL, TWO_PHASE
+from workers.modes import DECODER_MODES, PREFIX_LM_BIDIR, TWO_PHASE
 from workers.scoring.kvcache import (
     cache_from_layers,
     layers_of,
@@ -393,5 +393,3 @@ def whole_sequence(mode: str, layout: RowLayout) -> tuple[list[int], int]:
         ids = [*layout.phase_a, *layout.phase_b]
     return ids, len(ids) - (len(layout.phase_b) - layout.answer_start)
 
-
-SUPPORTED_MODES = (TWO_PHASE, FULL, PREFIX_LM_CAUSAL, PREFIX_LM_BIDIR)

@@ -77,7 +77,10 @@ class LanguageModelView:
     @cached_property
     def accepts_mask_mapping(self) -> bool:
         """Whether the text model takes a dict of masks keyed by layer type (Gemma 2/3 style)."""
-        source = inspect.getsource(type(self.text_model).forward)
+        try:
+            source = inspect.getsource(type(self.text_model).forward)
+        except (OSError, TypeError):
+            return False
         return "causal_mask_mapping" in source
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
