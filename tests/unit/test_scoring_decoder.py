@@ -221,3 +221,19 @@ def test_multimodal_wrapper_scores_like_its_own_forward():
     view = dec.view_of(model)
     assert view.text_model is model.model.language_model and view.lm_head is model.lm_head
     assert view.layer_types == ["sliding_attention", "full_attention", "sliding_attention", "full_attention"]
+
+
+def test_phase_a_cache_keeps_every_entry_on_sliding_layers():
+    """Gemma 3's config-aware cache keeps only window-1 entries on sliding layers; our Phase A cache keeps all."""
+    from transformers import DynamicCache
+
+    model, _ = get_tiny("tiny-random-gemma3")
+    view = dec.view_of(model)
+    layout = layout_row(BOS, (NL,), ScoringRow.of(PREFIXES["p6"], LONG_DOC, QUERY, ANSWER))
+    cache, _, _ = run_phase_a(view, "two_phase", [layout])
+    assert [k.shape[2] for k, _ in layers_of(cache)] == [len(layout.phase_a)] * view.num_layers
+    with torch.inference_mode():
+        config_cache = DynamicCache(config=model.config)
+        model(input_ids=torch.tensor([layout.phase_a]), cache=config_cache, use_cache=True)
+    sliding = [k.shape[2] for (k, _), t in zip(layers_of(config_cache), view.layer_types) if t == "sliding_attention"]
+    assert max(sliding) < len(layout.phase_a)  # the pitfall this scorer avoids
