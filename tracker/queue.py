@@ -29,7 +29,7 @@ from __future__ import annotations
 import functools
 import json
 import uuid
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any, TypeVar
@@ -454,7 +454,10 @@ def mark_done(session: Session, token: str, job_ids: Sequence[int]) -> Completio
     return outcome
 
 
-def _score_row(result: Any, worker_id: int | None, device: str, dtype: str, seconds: float | None) -> dict:
+def _score_row(result: Any, worker_id: int | None, device: str, dtype: str,
+               seconds: float | Mapping[int, float] | None) -> dict:
+    if isinstance(seconds, Mapping):
+        seconds = seconds.get(result.job_id)
     extras = {k: v for k, v in (result.extras or {}).items() if k != "attention"}
     return {
         "job_id": result.job_id, "nll": float(result.nll_mean), "n_tokens": len(result.token_nlls),
@@ -548,14 +551,14 @@ def complete_scores(
     worker_id: int | None = None,
     device: str = "",
     dtype: str = "",
-    seconds: float | None = None,
+    seconds: float | Mapping[int, float] | None = None,
 ) -> Completion:
     """Write scores, token NLLs and attention shares and mark the jobs done, in one transaction.
 
     ``results`` are :class:`workers.backends.base.ScoreResult`; attention rows come from
     ``result.extras["attention"]`` (``{layer, position, softmax, target, share}``). Jobs
     whose lease is no longer ours are skipped (``lost``); repeating a committed call writes
-    nothing twice. ``seconds`` is the scoring time per job.
+    nothing twice. ``seconds`` is the scoring time per job (one value, or by job id).
     """
 
     def op(session: Session) -> Completion:

@@ -249,6 +249,40 @@ class HeartbeatThread:
 
 
 # --------------------------------------------------------------------------- the loop
+FLUSH_SECONDS = 10.0  # results computed longer ago than this are written before the next group
+
+
+class ComputedResults:
+    """Results computed in this batch and not yet written, in the order they were computed."""
+
+    def __init__(self) -> None:
+        self._items: list[tuple[JobKind, ClaimedJob, Any]] = []
+        self.seconds: dict[int, float] = {}  # scoring time per job
+        self._since: float | None = None
+
+    def add(self, kind: JobKind, job: ClaimedJob, result: Any, seconds: float) -> None:
+        if self._since is None:
+            self._since = time.monotonic()
+        self._items.append((kind, job, result))
+        self.seconds[job.id] = seconds
+
+    def age(self) -> float:
+        return 0.0 if self._since is None else time.monotonic() - self._since
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def take(self) -> list[tuple[JobKind, list[ClaimedJob], list]]:
+        """Empty the buffer: (kind, jobs, results) per kind."""
+        by_kind: dict[JobKind, tuple[list, list]] = {}
+        for kind, job, result in self._items:
+            jobs, results = by_kind.setdefault(kind, ([], []))
+            jobs.append(job)
+            results.append(result)
+        self._items, self._since = [], None
+        return [(kind, jobs, results) for kind, (jobs, results) in by_kind.items()]
+
+
 @dataclass
 class BackendFailure:
     error_type: str
@@ -333,9 +367,9 @@ class QueueWorker:
             self.stop.check()
             if self.model is None:
                 self._switch_model()
-            batch = self._claim()
+            batch, built = self._claim()
             if batch:
-                self._process_batch(batch)
+                self._process_batch(batch, built)
                 continue
             state = self._switch_model()
             if state == "switched":
@@ -398,32 +432,49 @@ class QueueWorker:
         self.model, self.backend = model, backend
 
     # ---- claim
-    def _claim(self) -> list[ClaimedJob]:
+    def _claim(self) -> tuple[list[ClaimedJob], Any]:
         n = self.options.batch_size
         if self.options.max_jobs is not None:
             n = min(n, self.options.max_jobs - self.finished)
         model_id = self.model.id if self.model is not None else None
-        batch = self._db("claim", lambda: queue.claim_batch(
-            self.engine, self.worker_id, model_id, n, self.options.lease_seconds), patient=False, default=[])
+        batch, built = self._db("claim", lambda: _claim_and_read(
+            self.engine, self.worker_id, model_id, n, self.options.lease_seconds), patient=False, default=([], None))
         if batch:
             self.book.hold(batch)
             log.debug("claimed %d jobs (%s)", len(batch), ", ".join(str(j.id) for j in batch))
-        return batch
+        return batch, built
 
     def _nothing_left(self) -> bool:
         ids = self._candidate_model_ids() if self.options.model is not None else None
         return self._db("count unfinished", lambda: queue.unfinished_jobs(self.engine, ids)) == 0
 
     # ---- batches
-    def _process_batch(self, batch: list[ClaimedJob]) -> None:
+    def _process_batch(self, batch: list[ClaimedJob], built: Any) -> None:
+        """Score a claimed batch group by group; write its results in one transaction at the end
+        (or sooner when it runs long), always before giving back what was not done."""
+        computed = ComputedResults()
         try:
+            tasks = self._task_errors_failed(batch, built)
             for group in queue.group_jobs(batch):
                 self.stop.check()
                 if self.stop.requested.is_set():
                     break
-                self._process_group(group)
+                self._process_group(group, tasks, computed)
+                if computed.age() > FLUSH_SECONDS:
+                    self._flush(computed)
         finally:
+            try:
+                self._flush(computed)
+            except DatabaseError as err:  # the leases run out; other workers redo the jobs
+                log.error("could not write %d computed results: %s", len(computed), _first_line(err))
             self._release_held()
+
+    def _task_errors_failed(self, batch: list[ClaimedJob], built: Any) -> dict[int, Any]:
+        """The batch's tasks by job id; jobs whose task could not be built fail now."""
+        by_id = {j.id: j for j in batch}
+        for job_id, err in built.errors.items():
+            self._fail([by_id[job_id]], BackendFailure.from_exception(err))
+        return built.tasks
 
     def _release_held(self) -> None:
         held = self.book.held()
@@ -439,7 +490,7 @@ class QueueWorker:
                 log.info("gave back %d jobs: %s", len(released), ", ".join(map(str, released)))
         self.book.drop(list(held))
 
-    def _process_group(self, group: list[ClaimedJob]) -> None:
+    def _process_group(self, group: list[ClaimedJob], tasks: dict[int, Any], computed: ComputedResults) -> None:
         live = [job for job in group if not self.book.is_lost(job.id)]
         self.book.drop([job.id for job in group if self.book.is_lost(job.id)])
         if not live:
@@ -449,29 +500,27 @@ class QueueWorker:
             for job in live:
                 self._run_selection(job)
         elif kind in (JobKind.score, JobKind.generate):
-            self._run_model_jobs(live, kind)
+            self._run_model_jobs([j for j in live if j.id in tasks], kind, tasks, computed)
         else:  # pragma: no cover - the enum has three kinds
             self._fail(live, BackendFailure("UnknownJobKind", f"no handler for job kind {kind}", ""))
 
-    def _run_model_jobs(self, jobs: list[ClaimedJob], kind: JobKind) -> None:
+    def _run_model_jobs(self, jobs: list[ClaimedJob], kind: JobKind, tasks: dict[int, Any],
+                        computed: ComputedResults) -> None:
+        if not jobs:
+            return
         if self.backend is None or jobs[0].model_id != (self.model.id if self.model else None):
             self._fail(jobs, BackendFailure("NoBackend", f"worker has no backend for model {jobs[0].model_id}", ""))
             return
-        built = self._db("read tasks", lambda: _build_tasks(self.engine, jobs))
-        for job_id, err in built.errors.items():
-            self._fail([j for j in jobs if j.id == job_id], BackendFailure.from_exception(err))
-        tasks = [built.tasks[j.id] for j in jobs if j.id in built.tasks]
-        if not tasks:
-            return
+        group_tasks = [tasks[j.id] for j in jobs]
         call = self.backend.score if kind == JobKind.score else self.backend.generate
-        log.debug("%s %d jobs: %s", "scoring" if kind == JobKind.score else "generating", len(tasks),
-                  " ".join(str(t.job_id) for t in tasks))
+        log.debug("%s %d jobs: %s", "scoring" if kind == JobKind.score else "generating", len(group_tasks),
+                  " ".join(str(t.job_id) for t in group_tasks))
         started = time.perf_counter()
-        results, failures = self._call_backend(call, tasks)
-        per_job = (time.perf_counter() - started) / len(tasks)
+        results, failures = self._call_backend(call, group_tasks)
+        per_job = (time.perf_counter() - started) / len(group_tasks)
         by_id = {j.id: j for j in jobs}
-        if results:
-            self._complete(kind, [by_id[r.job_id] for r in results], results, per_job)
+        for result in results:
+            computed.add(kind, by_id[result.job_id], result, per_job)
         for job_id, failure in failures.items():
             self._fail([by_id[job_id]], failure)
 
@@ -492,25 +541,28 @@ class QueueWorker:
                 failures[task.job_id] = BackendFailure.from_exception(err)
         return results, failures
 
-    def _complete(self, kind: JobKind, jobs: list[ClaimedJob], results: list, per_job: float) -> None:
-        token = jobs[0].lease_token
-        ids = [j.id for j in jobs]
-        self.book.finishing(ids)
-        if kind == JobKind.score:
-            write = lambda: queue.complete_scores(  # noqa: E731
-                self.engine, token, results, worker_id=self.worker_id, device=str(self.describe.get("device", "")),
-                dtype=str(self.describe.get("dtype", "")), seconds=per_job)
-        else:
-            write = lambda: queue.complete_generations(  # noqa: E731
-                self.engine, token, list(zip(jobs, results)), worker_id=self.worker_id)
-        try:
-            outcome = self._db("complete", write)
-        except DatabaseUnavailable:
-            raise
-        except DatabaseError as err:
-            self._fail(jobs, BackendFailure.from_exception(err))
-            return
-        self._after_completion(outcome, ids)
+    def _flush(self, computed: ComputedResults) -> None:
+        """Write computed results (one transaction per kind), retrying a lost database."""
+        for kind, jobs, results in computed.take():
+            token = jobs[0].lease_token
+            ids = [j.id for j in jobs]
+            self.book.finishing(ids)
+            if kind == JobKind.score:
+                write = lambda: queue.complete_scores(  # noqa: E731
+                    self.engine, token, results, worker_id=self.worker_id,
+                    device=str(self.describe.get("device", "")), dtype=str(self.describe.get("dtype", "")),
+                    seconds=computed.seconds)
+            else:
+                write = lambda: queue.complete_generations(  # noqa: E731
+                    self.engine, token, list(zip(jobs, results)), worker_id=self.worker_id)
+            try:
+                outcome = self._db("complete", write)
+            except DatabaseUnavailable:
+                raise
+            except DatabaseError as err:
+                self._fail(jobs, BackendFailure.from_exception(err))
+                continue
+            self._after_completion(outcome, ids)
 
     def _after_completion(self, outcome: queue.Completion, ids: list[int]) -> None:
         for job_id in outcome.lost:
@@ -587,11 +639,13 @@ class QueueWorker:
             delay = min(delay * 2, 10.0)
 
 
-def _build_tasks(engine: Engine, jobs: list[ClaimedJob]):
+def _claim_and_read(engine: Engine, worker_id: int, model_id: int | None, n: int, lease_seconds: float):
+    """Claim a batch and read its tasks in one transaction (a failed read claims nothing)."""
     from tracker.tasks import build_tasks
 
     with session_scope(engine) as session:
-        return build_tasks(session, jobs)
+        batch = queue.claim_batch(session, worker_id, model_id, n, lease_seconds)
+        return batch, build_tasks(session, batch)
 
 
 def _checked(tasks: list, results: list) -> list:

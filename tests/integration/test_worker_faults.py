@@ -154,7 +154,7 @@ def test_a_terminated_connection_is_retried_and_the_batch_in_hand_is_kept(pg_url
             conn.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
                               "WHERE datname = :db AND pid <> pg_backend_pid()"), {"db": dbname})
         try:
-            time.sleep(3.0)  # the worker finishes scoring its first group while the database is away
+            time.sleep(5.0)  # the worker finishes scoring its batch (2 x 1.6 s) while the database is away
         finally:
             with pg_admin.connect() as conn:
                 conn.execute(text(f'ALTER DATABASE "{dbname}" WITH ALLOW_CONNECTIONS true'))
