@@ -237,3 +237,18 @@ def test_phase_a_cache_keeps_every_entry_on_sliding_layers():
         model(input_ids=torch.tensor([layout.phase_a]), cache=config_cache, use_cache=True)
     sliding = [k.shape[2] for (k, _), t in zip(layers_of(config_cache), view.layer_types) if t == "sliding_attention"]
     assert max(sliding) < len(layout.phase_a)  # the pitfall this scorer avoids
+
+
+@pytest.mark.parametrize("name", ["tiny-random-llama", "tiny-random-gemma3"])
+def test_eager_attention_scores_like_sdpa(name):
+    """Probing runs load models with eager attention, whose masks are additive floats, not booleans."""
+    sdpa, _ = get_tiny(name)
+    eager, _ = build_tiny(name)
+    eager.set_attn_implementation("eager")
+    mixed = rows_for([None, [], PREFIXES["p3"], PREFIXES["p11"]], LONG_DOC)
+    for mode in ["two_phase", "prefix_lm_bidir"]:
+        want = score_rows(sdpa, mode, BOS, NL, mixed, max_batch=1)
+        got = score_rows(eager, mode, BOS, NL, mixed)
+        assert all(g.padded for g in got)
+        for g, w in zip(got, want):
+            assert max_diff(g.token_nlls, w.token_nlls) < 1e-4

@@ -7,7 +7,7 @@ import torch
 from workers.scoring.decoder import ScoringRow, layout_row, run_phase_a, score_rows
 from workers.scoring.kvcache import layers_of, new_phase_a_cache
 from workers.scoring.lm_view import view_of
-from workers.scoring.masks import bidirectional_prefix_masks, mask_argument
+from workers.scoring.masks import mask_argument, phase_a_masks
 from workers.tiny import TINY_SLIDING_WINDOW, build_tiny, get_tiny
 
 BOS, NL, W = 1, 14, TINY_SLIDING_WINDOW
@@ -26,39 +26,37 @@ def rand_ids(n: int, seed: int) -> list[int]:
     return torch.randint(4, 260, (n,), generator=torch.Generator().manual_seed(seed)).tolist()
 
 
-def expected_mask(length: int, pad: int, sliding: bool) -> torch.Tensor:
-    """Independent expectation: causal, plus bidirectional inside [pad+1, length); window on sliding layers."""
+def expected_mask(length: int, pad: int, sliding: bool, bidirectional: bool) -> torch.Tensor:
+    """Independent expectation: causal, plus bidirectional inside [pad+1, length); window on sliding layers;
+    real queries never see pads, pad queries see the pads before them."""
     q = torch.arange(length)[:, None]
     k = torch.arange(length)[None, :]
-    real = (q >= pad) & (k >= pad)
     causal = k <= q
-    region = (q >= pad + 1) & (k >= pad + 1)
+    region = (q >= pad + 1) & (k >= pad + 1) & bidirectional
     if sliding:
         allowed = (causal & (q - k < W)) | (region & ((q - k).abs() < W))
     else:
         allowed = causal | region
-    return allowed & real
+    return allowed & ((k >= pad) | (q < pad))
 
 
-def test_bidirectional_masks_match_the_definition_per_layer_type_with_padding():
+@pytest.mark.parametrize("bidirectional", [True, False], ids=["bidir", "causal"])
+def test_phase_a_masks_match_the_definition_per_layer_type_with_padding(bidirectional):
     model, _ = get_tiny("tiny-random-gemma3")
     view = view_of(model)
     length, pads = 3 * W, torch.tensor([0, 5])
-    padding = (torch.arange(length)[None, :] >= pads[:, None]).long()
-    masks = bidirectional_prefix_masks(
-        view, batch=2, length=length, region_start=pads + 1, region_end=torch.full_like(pads, length),
-        padding_mask=padding, cache=new_phase_a_cache(),
-    )
+    masks = phase_a_masks(view, batch=2, length=length, pads=pads, bidirectional=bidirectional,
+                          cache=new_phase_a_cache())
     assert set(masks) == {"sliding_attention", "full_attention"}
     for layer_type, mask in masks.items():
         assert mask.dtype == torch.bool and mask.shape == (2, 1, length, length)  # sdpa masks
+        assert bool(mask.any(dim=-1).all()), "a fully masked row turns into NaN in some sdpa kernels"
         for b in range(2):
-            want = expected_mask(length, int(pads[b]), layer_type == "sliding_attention")
-            real_rows = slice(int(pads[b]), length)  # rows of pad queries are irrelevant
-            assert torch.equal(mask[b, 0, real_rows], want[real_rows])
+            want = expected_mask(length, int(pads[b]), layer_type == "sliding_attention", bidirectional)
+            assert torch.equal(mask[b, 0], want)
     sliding = masks["sliding_attention"][0, 0]
-    assert bool(sliding[1, W - 1]) and not bool(sliding[1, W + 1])  # sees later tokens, but only inside the window
-    assert bool(masks["full_attention"][0, 0, 1, length - 1])  # full layers see the whole region
+    assert bool(sliding[1, W - 1]) is bidirectional and not bool(sliding[1, W + 1])  # window kept either way
+    assert bool(masks["full_attention"][0, 0, 1, length - 1]) is bidirectional
 
 
 def test_mask_argument_is_a_dict_for_gemma3_and_a_tensor_for_llama():

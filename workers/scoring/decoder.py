@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import PreTrainedModel
 
-from tracker.errors import DeviceError, EmptyAnswerError, InputTooLongError
+from tracker.errors import DeviceError, EmptyAnswerError, InputTooLongError, TrackerError
 from workers.modes import DECODER_MODES, PREFIX_LM_BIDIR, TWO_PHASE
 from workers.scoring.kvcache import (
     cache_from_layers,
@@ -45,7 +45,7 @@ from workers.scoring.kvcache import (
     select_entries,
 )
 from workers.scoring.lm_view import LanguageModelView, view_of
-from workers.scoring.masks import bidirectional_prefix_masks, mask_argument
+from workers.scoring.masks import mask_argument, phase_a_masks
 from workers.scoring.rotary import check_rope_supported
 
 DEFAULT_MAX_BATCH = 16
@@ -181,12 +181,10 @@ def run_phase_a(view: LanguageModelView, mode: str, layouts: list[RowLayout]):
     padded = bool((pads > 0).any())
     padding_mask = (torch.arange(length, device=view.device)[None, :] >= pads[:, None]) if padded else None
     cache = new_phase_a_cache()
-    attention = padding_mask.long() if padded else None
-    if mode == PREFIX_LM_BIDIR:
-        masks = bidirectional_prefix_masks(
-            view, batch=batch, length=length, region_start=pads + 1,
-            region_end=torch.full_like(pads, length), padding_mask=attention, cache=cache,
-        )
+    attention = None
+    if padded or mode == PREFIX_LM_BIDIR:
+        masks = phase_a_masks(view, batch=batch, length=length, pads=pads, bidirectional=mode == PREFIX_LM_BIDIR,
+                              cache=cache)
         attention = mask_argument(view, masks)
     view.text_model(input_ids=ids, attention_mask=attention, position_ids=positions, cache=cache, use_cache=True)
     _expect_cache_length(cache, length, "after Phase A")
@@ -268,7 +266,13 @@ def score_chunk_with_cache(view: LanguageModelView, mode: str, layouts: list[Row
         lengths = torch.tensor([len(lay.phase_a) for lay in layouts])
         _expect_cache_length(cache, int(lengths.max()), "before Phase B")
         hidden = run_phase_b(view, cache, first.phase_b, batch, lengths, padding_mask)
-    return answer_nlls(view, hidden, first), cache
+    nlls = answer_nlls(view, hidden, first)
+    if not bool(torch.isfinite(nlls).all()):
+        raise TrackerError(
+            f"the model produced a non-finite NLL in {view.dtype} on {view.device}",
+            hint="rerun with --dtype float32; if it persists the checkpoint or the scorer is broken for this family",
+        )
+    return nlls, cache
 
 
 def _is_oom(error: BaseException) -> bool:

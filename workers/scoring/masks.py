@@ -10,8 +10,9 @@ The bidirectional region of row ``b`` is sequence indices ``[start[b], end[b])``
 prefix, separator and doc; BOS stays causal). Inside it every token sees every other,
 limited to ``|q - k| < window`` on sliding layers (Gemma 3's own bidirectional overlay);
 everything else stays causal (and windowed). Left padding is handled by the 2D padding
-mask; indices are sequence indices, which differ from positions only by each row's
-constant padding offset, so distances are unchanged.
+mask (`padding_overlay`); indices are sequence indices, which differ from positions only by
+each row's constant padding offset, so distances are unchanged. Padded causal batches use the
+same builder (with no bidirectional region).
 """
 from __future__ import annotations
 
@@ -49,30 +50,42 @@ def window_overlay(window: int) -> MaskFn:
     return inner
 
 
-def bidirectional_prefix_masks(
+def padding_overlay(pads: torch.Tensor) -> MaskFn:
+    """Real queries never see left padding; pad queries see the (causal) pads before them.
+
+    A pad query that saw nothing would be a fully masked row, which some sdpa kernels turn into
+    NaN; NaN values at pad positions would then poison real rows (0 x NaN) on the next layer.
+    """
+
+    def inner(batch_idx, head_idx, q_idx, kv_idx):
+        pad = pads[batch_idx]
+        return (kv_idx >= pad) | (q_idx < pad)
+
+    return inner
+
+
+def phase_a_masks(
     view: LanguageModelView,
     *,
     batch: int,
     length: int,
-    region_start: torch.Tensor,
-    region_end: torch.Tensor,
-    padding_mask: torch.Tensor | None,
+    pads: torch.Tensor,
+    bidirectional: bool,
     cache,
 ) -> dict[str, torch.Tensor]:
-    """One mask per layer type for a Phase A of `length` tokens. # each [batch, 1, length, length]"""
+    """One Phase A mask per layer type: causal (windowed on sliding layers), left padding hidden, and
+    with `bidirectional` everything after each row's BOS mutually visible. # each [batch, 1, length, length]"""
     embeds = torch.empty((batch, length, 1), dtype=view.dtype, device=view.device)  # only shape/dtype/device are read
-    region = region_overlay(region_start.to(view.device), region_end.to(view.device))
-    common = dict(
-        config=view.text_config, inputs_embeds=embeds, attention_mask=padding_mask, cache=cache,
-        allow_is_causal_skip=False,
-    )
+    pads = pads.to(view.device)
+    region = region_overlay(pads + 1, torch.full_like(pads, length)) if bidirectional else None
+    hide_pads = padding_overlay(pads) if bool((pads > 0).any()) else None
+    common = dict(config=view.text_config, inputs_embeds=embeds, attention_mask=None, cache=cache,
+                  and_mask_function=hide_pads, allow_is_causal_skip=False)
     masks: dict[str, torch.Tensor] = {}
     for layer_type in sorted(set(view.layer_types)):
         if layer_type == SLIDING:
-            window = view.sliding_window
-            masks[layer_type] = create_sliding_window_causal_mask(
-                **common, or_mask_function=and_masks(region, window_overlay(window))
-            )
+            overlay = None if region is None else and_masks(region, window_overlay(view.sliding_window))
+            masks[layer_type] = create_sliding_window_causal_mask(**common, or_mask_function=overlay)
         else:
             masks[layer_type] = create_causal_mask(**common, or_mask_function=region)
     return masks
