@@ -317,6 +317,7 @@ class QueueWorker:
         self.host = socket.gethostname()
         self._heartbeat: HeartbeatThread | None = None
         self._warned_no_model = False
+        self._loaded: dict[int, tuple[ScoringBackend, dict]] = {}  # model id -> (backend, describe)
 
     # ---- lifecycle
     def run(self) -> int:
@@ -413,7 +414,12 @@ class QueueWorker:
         return "switched"
 
     def _load(self, model: Model) -> None:
-        self.backend = None  # free the previous model before loading the next
+        """Make ``model`` current, loading (and self-checking) its backend the first time only."""
+        if model.id in self._loaded:
+            self.model, self.backend, self.describe = model, *self._loaded[model.id]
+            self._db("record the model", lambda: queue.update_worker(self.engine, self.worker_id,
+                                                                     model_name=model.name))
+            return
         log.info("loading model %s (id %d) on %s", model.name, model.id, self.options.device)
         backend = self.stop.call(lambda: self.backend_loader(model.name, self.options.device, model.dtype or None))
         try:
@@ -430,6 +436,7 @@ class QueueWorker:
         self._db("record self-check", lambda: queue.update_worker(
             self.engine, self.worker_id, model_name=model.name, self_check=dict(self.self_checks), versions=versions))
         self.model, self.backend = model, backend
+        self._loaded[model.id] = (backend, self.describe)
 
     # ---- claim
     def _claim(self) -> tuple[list[ClaimedJob], Any]:

@@ -3,15 +3,17 @@ from __future__ import annotations
 
 import signal
 import socket
+import sys
+import types
 
 import pytest
 from sqlalchemy import select, update
 
-from queue_fixtures import add_dependency, job_rows, make_jobs, score_summary, status_counts, workers
+from queue_fixtures import add_dependency, job_rows, make_generate_job, make_jobs, score_summary, status_counts, workers
 from tracker import queue
 from tracker.db import get_engine, session_scope
 from tracker.errors import ConfigError, DatabaseUnavailable, DeviceError
-from tracker.models import Job, JobStatus, Sample, Score
+from tracker.models import Job, JobKind, JobStatus, Sample, Score, Surrogate
 from workers.backends.base import ScoreTask
 from workers.backends.fake import FakeBackend, fake_score
 from workers.worker import QueueWorker, WorkerOptions, resolve_device
@@ -162,3 +164,85 @@ def test_device_choices():
     if torch.cuda.device_count() < 8:
         with pytest.raises(DeviceError, match="no GPU 7"):
             resolve_device(7, None)
+
+
+def test_without_model_the_worker_generates_then_scores_loading_each_model_once(sqlite_url):
+    engine = get_engine(sqlite_url)
+    fx = make_jobs(engine, n_samples=2, conditions=["bare", "llm_extract"])
+    gens = [make_generate_job(engine, sid, prompt="Key sentence?", model_name="gen-fake") for sid in fx.sample_ids]
+    with session_scope(engine) as s:
+        gen_model = s.get(Job, gens[0]).model_id
+        prompt_hash = s.get(Job, gens[0]).payload["prompt_hash"]
+    for sid, gen in zip(fx.sample_ids, gens):
+        job_id = fx.groups[(sid, "two_phase")][1]
+        add_dependency(engine, job_id, gen)
+        with session_scope(engine) as s:
+            s.execute(update(Job).where(Job.id == job_id).values(payload={"surrogate": {
+                "kind": "extract", "prompt_hash": prompt_hash, "generator_model_id": gen_model}}))
+    loads = []
+
+    def loader(name, device, dtype):
+        loads.append(name)
+        return FakeBackend()
+
+    worker = QueueWorker(engine, WorkerOptions(exit_when_empty=True, poll_seconds=0.05), backend_loader=loader)
+    assert worker.run() == 6
+    assert loads == ["test-fake", "gen-fake"]  # scoring, generation, then scoring again without a reload
+    assert status_counts(engine) == {"done": 6}
+    with session_scope(engine) as s:
+        texts = dict(s.execute(select(Surrogate.sample_id, Surrogate.text)).all())
+        rows = s.execute(select(Score.nll, Job.id, Job.sample_id, Sample.answer).join(Job, Job.id == Score.job_id)
+                         .join(Sample, Sample.id == Job.sample_id).where(Job.condition_id == fx.condition_ids["llm_extract"])).all()
+    assert set(texts) == set(fx.sample_ids)
+    for nll, job_id, sample_id, answer in rows:  # the scorer saw the generated text
+        task = ScoreTask(job_id, "two_phase", {"id": sample_id, "doc": "", "query": "", "answer": answer},
+                         {"name": "llm_extract", "kind": "llm_extract", "params": {}}, surrogate_text=texts[sample_id])
+        assert nll == pytest.approx(fake_score(task).nll_mean)
+
+
+def _select_job(engine, fx, depends_on: list[int]) -> int:
+    with session_scope(engine) as s:
+        job = Job(job_key=f"select-{fx.run_id}", kind=JobKind.select, sample_id=None, model_id=fx.model_id,
+                  mode="", payload={"run_id": fx.run_id}, status=JobStatus.pending, priority=10, max_attempts=2)
+        s.add(job)
+        s.flush()
+        job_id = job.id
+    for dep in depends_on:
+        add_dependency(engine, job_id, dep)
+    return job_id
+
+
+def test_select_jobs_run_perform_selection_in_the_completing_transaction(sqlite_url, monkeypatch):
+    engine = get_engine(sqlite_url)
+    fx = make_jobs(engine, n_samples=2, conditions=["bare"])
+    select_id = _select_job(engine, fx, fx.job_ids)
+    stage2 = make_jobs(engine, n_samples=1, conditions=["oracle"]).job_ids[0]
+    add_dependency(engine, stage2, select_id)
+    calls = []
+
+    def perform_selection(session, job):
+        calls.append((job.id, [r.status for r in session.execute(select(Job).where(Job.id.in_(fx.job_ids))).scalars()]))
+        session.execute(update(Job).where(Job.id == stage2).values(priority=99))  # a write that must commit with it
+
+    monkeypatch.setitem(sys.modules, "tracker.stages", types.SimpleNamespace(perform_selection=perform_selection))
+    assert _worker(engine, FakeBackend()).run() == 4
+    assert calls == [(select_id, [JobStatus.done, JobStatus.done])]  # ran once, after its dependencies
+    rows = job_rows(engine)
+    assert rows[select_id].status == rows[stage2].status == JobStatus.done and rows[stage2].priority == 99
+
+
+def test_a_failing_selection_is_retried_then_failed_with_its_traceback(sqlite_url, monkeypatch):
+    engine = get_engine(sqlite_url)
+    fx = make_jobs(engine, n_samples=1, conditions=["bare"])
+    select_id = _select_job(engine, fx, [])
+
+    def perform_selection(session, job):
+        session.execute(update(Job).where(Job.id == fx.job_ids[0]).values(priority=77))  # rolled back
+        raise ValueError("no usable selecting score")
+
+    monkeypatch.setitem(sys.modules, "tracker.stages", types.SimpleNamespace(perform_selection=perform_selection))
+    _worker(engine, FakeBackend()).run()
+    rows = job_rows(engine)
+    assert rows[select_id].status == JobStatus.failed and rows[select_id].attempts == 2
+    assert rows[select_id].error_type == "ValueError" and "no usable selecting score" in rows[select_id].error_traceback
+    assert rows[fx.job_ids[0]].priority == 0 and rows[fx.job_ids[0]].status == JobStatus.done
