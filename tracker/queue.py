@@ -651,8 +651,15 @@ def fail_dependants(session: Session, failed_id: int, reason: str) -> list[int]:
         parent_id, parent_reason = frontier.pop()
         key = session.execute(select(jobs.c.job_key).where(jobs.c.id == parent_id)).scalar_one()
         message = f"dependency job {parent_id} ({key}) failed: {parent_reason}"
+        children = select(deps.c.job_id).where(deps.c.depends_on_id == parent_id)
+        locked = session.execute(  # in id order, like release_dependants, so the two never deadlock
+            select(jobs.c.id).where(jobs.c.id.in_(children), jobs.c.status == S.blocked)
+            .order_by(jobs.c.id).with_for_update()
+        ).scalars().all()
+        if not locked:
+            continue
         stmt = DEPENDENCY_FAIL.update(
-            jobs.c.id.in_(select(deps.c.job_id).where(deps.c.depends_on_id == parent_id)),
+            jobs.c.id.in_(list(locked)),
             error_type=DEPENDENCY_FAILED, error_message=message, error_traceback=None,
             finished_at=db_now(dialect),
         ).returning(jobs.c.id)

@@ -408,9 +408,7 @@ class QueueWorker:
             return "idle"
         if self.model is not None and self.model.id in ready:
             return "busy"
-        with session_scope(self.engine) as session:
-            model = session.get(Model, ready[0])
-        self._load(model)
+        self._load(self._db("find models", lambda: _model_row(self.engine, ready[0])))
         return "switched"
 
     def _load(self, model: Model) -> None:
@@ -644,6 +642,11 @@ class QueueWorker:
             else:
                 self.stop.wait(delay)
             delay = min(delay * 2, 10.0)
+
+
+def _model_row(engine: Engine, model_id: int) -> Model:
+    with session_scope(engine) as session:
+        return session.get(Model, model_id)
 
 
 def _claim_and_read(engine: Engine, worker_id: int, model_id: int | None, n: int, lease_seconds: float):
