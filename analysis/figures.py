@@ -49,6 +49,10 @@ def _scopes(frame: pd.DataFrame) -> list[tuple[str, str, pd.DataFrame]]:
     return [(str(model), str(mode), group) for (model, mode), group in frame.groupby(["model", "mode"], sort=False)]
 
 
+def _per_model(frame: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    return [] if frame.empty else [(str(m), g) for m, g in frame.groupby("model", sort=False)]
+
+
 def _summary(frame: pd.DataFrame) -> pd.DataFrame:
     return frame[frame["dataset"] == POOLED] if (frame["dataset"] == POOLED).any() else frame
 
@@ -192,6 +196,57 @@ def factorial_figure(factorial: pd.DataFrame, title: str) -> Figure:
     return fig
 
 
+def attention_figure(attention: pd.DataFrame, title: str) -> Figure:
+    """Mean share (95% CI) of each target per cell (condition@mode), one panel per softmax."""
+    rows = _summary(attention).copy()
+    rows["cell"] = rows["condition"].astype(str) + "@" + rows["mode"].astype(str)
+    softmaxes = list(dict.fromkeys(rows["softmax"]))
+    cells = list(dict.fromkeys(rows["cell"]))
+    fig = _new_figure(2.0 + 4.5 * len(softmaxes), 3.8)
+    width = 0.8 / max(len(cells), 1)
+    for k, softmax in enumerate(softmaxes):
+        ax = fig.add_subplot(1, len(softmaxes), k + 1)
+        part = rows[rows["softmax"] == softmax]
+        targets = list(dict.fromkeys(part["target"]))
+        x = np.arange(len(targets))
+        for j, cell in enumerate(cells):
+            values = part[part["cell"] == cell].set_index("target").reindex(targets)
+            mean = values["mean_share"].astype(float).to_numpy()
+            err = np.vstack([np.nan_to_num(mean - values["ci_low"].astype(float).to_numpy()),
+                             np.nan_to_num(values["ci_high"].astype(float).to_numpy() - mean)])
+            ax.bar(x + (j - (len(cells) - 1) / 2) * width, np.nan_to_num(mean), width, yerr=err, capsize=2,
+                   label=cell)
+        ax.set_xticks(x, targets, rotation=30, ha="right")
+        ax.set_title(f"{softmax} softmax", fontsize=9)
+        ax.set_ylabel("mean share of answer-token attention" if k == 0 else "")
+    fig.axes[0].legend(fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    _fit(fig, bottom=1.0, top=0.6, wspace=0.3)
+    return fig
+
+
+def attention_layer_figure(by_layer: pd.DataFrame, title: str) -> Figure:
+    """Mean share per decoder layer, one panel per (softmax, target), one line per cell."""
+    rows = _summary(by_layer).copy()
+    rows["cell"] = rows["condition"].astype(str) + "@" + rows["mode"].astype(str)
+    panels = list(dict.fromkeys(zip(rows["softmax"], rows["target"])))
+    cols = min(4, len(panels))
+    n_rows = -(-len(panels) // cols)
+    fig = _new_figure(1.0 + 3.2 * cols, 0.8 + 2.6 * n_rows)
+    for k, (softmax, target) in enumerate(panels):
+        ax = fig.add_subplot(n_rows, cols, k + 1)
+        part = rows[(rows["softmax"] == softmax) & (rows["target"] == target)]
+        for cell, line in part.groupby("cell", sort=False):
+            line = line.sort_values("layer")
+            ax.plot(line["layer"], line["mean_share"].astype(float), marker=".", label=cell)
+        ax.set_title(f"{softmax}: {target}", fontsize=8)
+        ax.set_xlabel("layer", fontsize=7)
+    fig.axes[0].legend(fontsize=6)
+    fig.suptitle(title, fontsize=10)
+    _fit(fig, top=0.6, wspace=0.35)
+    return fig
+
+
 def make_figures(report: AnalysisReport) -> dict[str, Figure]:
     """Every figure the report's tables support, keyed by file name (``*.png``)."""
     figs: dict[str, Figure] = {}
@@ -219,6 +274,11 @@ def make_figures(report: AnalysisReport) -> dict[str, Figure]:
         figs[key("ranking", model, mode)] = ranking_figure(rows, f"{name}: share best")
     for model, mode, rows in _scopes(report.tables.get("factorial", pd.DataFrame())):
         figs[key("factorial", model, mode)] = factorial_figure(rows, f"{name}: factorial contrasts")
+    for model, rows in _per_model(report.tables.get("attention", pd.DataFrame())):
+        figs[_slug("attention_shares", model) + ".png"] = attention_figure(rows, f"{name}: attention shares ({model})")
+    for model, rows in _per_model(report.tables.get("attention_by_layer", pd.DataFrame())):
+        figs[_slug("attention_by_layer", model) + ".png"] = attention_layer_figure(
+            rows, f"{name}: attention shares per layer ({model})")
     length = report.tables.get("answer_length", pd.DataFrame())
     for model, mode, rows in _scopes(length[length["reference"] == report.info.get("reference")] if not length.empty else length):
         matrix = _summary(rows).pivot_table(index="condition", columns="answer_words", values="d", aggfunc="first", sort=False)

@@ -25,6 +25,10 @@ def plan_from_spec(spec: Any) -> dict[str, Any]:
     plan = dict(spec.analysis)
     plan.setdefault("datasets", [d.key for d in spec.datasets])
     plan.setdefault("conditions", [c.name for c in spec.conditions])
+    plan.setdefault("dataset_entries", [
+        {"label": d.key, "name": d.name, "recipe": {**dict(d.recipe), **({"split": d.split} if d.split else {})}}
+        for d in spec.datasets
+    ])
     selection = plan.get("selection") or {}
     if "stage" in selection:
         rule = next((s.select for s in spec.stages if s.number == selection["stage"] and s.select), None)

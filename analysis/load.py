@@ -192,6 +192,61 @@ def _as_dict(value) -> dict:
     return {}
 
 
+# Attention probing (ed07/ed08): each score's share per (layer, softmax, target), averaged
+# over its answer tokens in SQL, so per-token rows never cross the wire.
+_ATTENTION_SQL = text(
+    """
+    SELECT r.dataset AS dataset, r.sample_id AS sample_id, r.condition AS condition, r.model AS model,
+           r.mode AS mode, r.scorer_version AS scorer_version, a.score_id AS score_id, a.layer AS layer,
+           a.softmax AS softmax, a.target AS target, AVG(a.share) AS share, COUNT(*) AS n_tokens
+    FROM results r
+    JOIN attention_shares a ON a.score_id = r.score_id
+    WHERE r.experiment = :experiment AND r.run_id = :run_id
+    GROUP BY r.dataset, r.sample_id, r.condition, r.model, r.mode, r.scorer_version, a.score_id, a.layer,
+             a.softmax, a.target
+    """
+)
+ATTENTION_COLUMNS = [
+    "dataset", "sample_id", "condition", "model", "mode", "scorer_version", "score_id", "layer", "softmax",
+    "target", "share", "n_tokens",
+]
+
+
+def load_attention(engine: Engine, experiment: str, run_id: int) -> pd.DataFrame:
+    """Per probing score: mean attention share over its answer tokens per (layer, softmax, target).
+
+    Columns: :data:`ATTENTION_COLUMNS` (``layer`` -1 = the mean over layers). Empty when the
+    run has no probing scores.
+    """
+    frame = _query(engine, _ATTENTION_SQL, {"experiment": experiment, "run_id": int(run_id)}, ATTENTION_COLUMNS)
+    return frame.astype({"sample_id": "int64", "score_id": "int64", "layer": "int64", "share": float,
+                         "n_tokens": "int64"})
+
+
+_SAMPLE_RECIPES_SQL = text(
+    """
+    SELECT s.id AS sample_id, s.dataset AS dataset, s.recipe_hash AS recipe_hash
+    FROM samples s
+    WHERE s.id IN (SELECT j.sample_id FROM run_jobs rj JOIN jobs j ON j.id = rj.job_id WHERE rj.run_id = :run_id)
+    """
+)
+_RECIPE_SQL = text("SELECT s.recipe AS recipe FROM samples s WHERE s.id = :sample_id")
+
+
+def load_sample_recipes(engine: Engine, run_id: int) -> tuple[pd.DataFrame, dict[str, dict]]:
+    """The run's samples as (sample_id, dataset, recipe_hash), and each distinct recipe by hash.
+
+    One recipe is read per hash (the JSON column has no equality operator on PostgreSQL, so
+    it cannot be DISTINCT-ed).
+    """
+    frame = _query(engine, _SAMPLE_RECIPES_SQL, {"run_id": int(run_id)})
+    recipes: dict[str, dict] = {}
+    for recipe_hash, group in frame.groupby("recipe_hash"):
+        first = int(group["sample_id"].min())
+        recipes[str(recipe_hash)] = _as_dict(_query(engine, _RECIPE_SQL, {"sample_id": first}).iloc[0, 0])
+    return frame, recipes
+
+
 _SELECT_JOBS_SQL = text(
     """
     SELECT j.status AS status, COUNT(*) AS n

@@ -182,6 +182,10 @@ def report_metrics(report: AnalysisReport) -> dict[str, float]:
         put(["share_best", r.dataset, r.condition], r.share_best, r.model, r.mode)
     for r in report.tables.get("factorial", pd.DataFrame()).itertuples():
         put(["factorial", r.factorial, r.dataset, r.contrast.replace(": ", "_"), r.step.replace("->", "_to_")], r.d, r.model, r.mode)
+    for r in report.tables.get("decomposition", pd.DataFrame()).itertuples():
+        put(["decomposition", r.decomposition, r.dataset], r.fraction, r.model, r.mode)
+    for r in report.tables.get("attention", pd.DataFrame()).itertuples():
+        put(["attention", r.dataset, r.condition, r.softmax, r.target], r.mean_share, r.model, r.mode)
     missing = report.missing
     if not missing.empty:
         metrics["samples_dropped"] = float(missing["dropped"].sum())

@@ -20,6 +20,20 @@ Keys (all optional):
   else odd/even answer tokens) or false.
 - ``hardness_bins`` (5).
 
+- ``mode_effects``: ``[{name: d_dec_q, with: encdec_q, without: encdec_nq, conditions: [bare]}]``:
+  per model, each condition scored in mode ``with`` against itself in mode ``without``
+  (delta = NLL(without) - NLL(with), positive = ``with`` helps); a table named ``name``.
+- ``decompositions``: ``[{name: vocabulary, part: wrong_kw10, whole: kw10}]``: the share
+  d(part)/d(whole) of a condition's benefit that a control reproduces (the structural
+  fraction with other arms), with its bootstrap CI.
+- ``attention``: true to summarise the probing modes' attention shares (table
+  ``attention_shares``) per model, mode, condition, softmax, target and layer.
+- ``pooled``: false to leave out the pooled rows (datasets that must not be pooled, e.g.
+  ed02's doc-length levels).
+- ``dataset_entries``: ``[{label, name, recipe}]`` (filled in from the spec): samples of one
+  dataset prepared under different recipes are told apart by the entry whose recipe they
+  match, and shown under its label.
+
 Names may be ``condition@mode`` to pick a scoring mode when a model has several.
 
 The spec files' vocabulary is accepted too: ``baseline`` (= reference), ``contrasts`` as a
@@ -27,8 +41,8 @@ list of names (the conditions compared with the baseline, in display order),
 ``selection: {stage, fraction, by}`` (= hard_selection), ``semantic_delta: {reference}``
 (= semantic_reference), ``llm_vs_generic: {llm: [...], generic: name}`` (paired
 comparisons of each llm condition with the generic one), ``hardness_quintiles: 5``
-(= hardness_bins), ``ranking: false`` to skip the ranking, and ``pooled`` /
-``cross_dataset_consistency`` (always on).
+(= hardness_bins), ``ranking: false`` to skip the ranking, and ``cross_dataset_consistency``
+(always on).
 """
 from __future__ import annotations
 
@@ -43,7 +57,8 @@ KNOWN_KEYS = frozenset({
     "reference", "baseline", "references", "conditions", "datasets", "contrasts", "comparisons", "gradient",
     "structural", "hard_selection", "selection", "semantic_reference", "semantic_delta", "factorial",
     "group_by_answer_length", "hardness_independent", "hardness_bins", "hardness_quintiles", "ranking",
-    "llm_vs_generic", "pooled", "cross_dataset_consistency",
+    "llm_vs_generic", "pooled", "cross_dataset_consistency", "mode_effects", "decompositions", "attention",
+    "dataset_entries",
 })
 
 
@@ -59,6 +74,38 @@ class Factorial:
     rows: tuple[str, str]
     cols: tuple[str, ...]
     cells: tuple[tuple[str, ...], tuple[str, ...]]  # [row][col] -> arm name
+
+
+@dataclass(frozen=True)
+class ModeEffect:
+    """Each condition in mode ``with_mode`` against itself in ``without_mode`` (e.g. d_dec_q)."""
+
+    name: str
+    with_mode: str
+    without_mode: str
+    conditions: tuple[str, ...]
+
+    def pairs(self) -> list[tuple[str, str]]:
+        """(condition arm, reference arm) per condition, as ``condition@mode`` names."""
+        return [(f"{c}@{self.with_mode}", f"{c}@{self.without_mode}") for c in self.conditions]
+
+
+@dataclass(frozen=True)
+class Decomposition:
+    """The share d(part)/d(whole) of ``whole``'s benefit that ``part`` reproduces."""
+
+    name: str
+    part: str
+    whole: str
+
+
+@dataclass(frozen=True)
+class DatasetLabel:
+    """A spec dataset entry: samples of ``name`` whose recipe contains ``recipe`` get ``label``."""
+
+    label: str
+    name: str
+    recipe: tuple[tuple[str, object], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -84,6 +131,11 @@ class AnalysisPlan:
     hardness_independent: str = "auto"
     hardness_bins: int = 5
     ranking: bool = True
+    mode_effects: tuple[ModeEffect, ...] = ()
+    decompositions: tuple[Decomposition, ...] = ()
+    attention: bool = False
+    pooled: bool = True
+    dataset_entries: tuple[DatasetLabel, ...] = ()
     unknown_keys: tuple[str, ...] = ()
     raw: dict = field(default_factory=dict, compare=False)
 
@@ -183,6 +235,37 @@ def _factorial(value, index: int) -> Factorial:
     )
 
 
+def _mode_effects(value) -> tuple[ModeEffect, ...]:
+    out = []
+    for i, item in enumerate(value or ()):
+        if not isinstance(item, Mapping) or not item.get("with") or not item.get("without"):
+            raise SpecError(f"analysis.mode_effects[{i}] must be {{name, with: mode, without: mode, conditions}}, "
+                            f"got {item!r}.", hint="e.g. {name: d_dec_q, with: encdec_q, without: encdec_nq, conditions: [bare]}")
+        conditions = _names(item.get("conditions") or ["bare"], f"mode_effects[{i}].conditions")
+        name = str(item.get("name") or f"{item['with']}_vs_{item['without']}")
+        out.append(ModeEffect(name, str(item["with"]), str(item["without"]), conditions))
+    return tuple(out)
+
+
+def _decompositions(value) -> tuple[Decomposition, ...]:
+    out = []
+    for i, item in enumerate(value or ()):
+        if not isinstance(item, Mapping) or not item.get("part") or not item.get("whole"):
+            raise SpecError(f"analysis.decompositions[{i}] must be {{name, part, whole}}, got {item!r}.",
+                            hint="e.g. {name: vocabulary, part: wrong_kw10, whole: kw10}")
+        out.append(Decomposition(str(item.get("name") or f"{item['part']}/{item['whole']}"), str(item["part"]),
+                                 str(item["whole"])))
+    return tuple(out)
+
+
+def _dataset_entries(value) -> tuple[DatasetLabel, ...]:
+    out = []
+    for item in value or ():
+        recipe = tuple(sorted((str(k), v) for k, v in dict(item.get("recipe") or {}).items()))
+        out.append(DatasetLabel(str(item.get("label") or item["name"]), str(item["name"]), recipe))
+    return tuple(out)
+
+
 def _contrasts(plan: dict) -> tuple[tuple[tuple[str, str], ...], tuple[str, ...]]:
     """(paired comparisons, conditions named for the baseline table) from contrasts and friends."""
     raw = plan.get("contrasts") or []
@@ -235,6 +318,11 @@ def normalize_plan(plan: Mapping | AnalysisPlan | None) -> AnalysisPlan:
         hardness_independent=hardness,
         hardness_bins=int(bins) if bins not in (None, False, True) else 5,
         ranking=plan.get("ranking", True) is not False,
+        mode_effects=_mode_effects(plan.get("mode_effects")),
+        decompositions=_decompositions(plan.get("decompositions")),
+        attention=bool(plan.get("attention", False)),
+        pooled=plan.get("pooled", True) is not False,
+        dataset_entries=_dataset_entries(plan.get("dataset_entries")),
         unknown_keys=tuple(sorted(k for k in plan if k not in KNOWN_KEYS)),
         raw=plan,
     )

@@ -129,9 +129,40 @@ def _factorial_section(report: AnalysisReport) -> list[str]:
     if table is None or table.empty:
         return []
     lines = ["\n== Factorial contrasts =="]
-    for r in _summary_dataset(table).itertuples():
+    rows = _summary_dataset(table)
+    multi = rows["dataset"].nunique() > 1 or rows["model"].nunique() > 1
+    for r in rows.itertuples():
         share = f" share={_num(r.share_of_total, '{:.0%}')}" if r.share_of_total is not None and not pd.isna(r.share_of_total) else ""
-        lines.append(f"  {r.factorial} {r.contrast:<20} {r.step:<16} d={_num(r.d)} ({r.mark}) n={r.n}{share}")
+        scope = f" [{r.model} / {r.dataset}]" if multi else ""
+        lines.append(f"  {r.factorial} {r.contrast:<20} {r.step:<16} d={_num(r.d)} ({r.mark}) n={r.n}{share}{scope}")
+    return lines
+
+
+def _decomposition_section(report: AnalysisReport) -> list[str]:
+    table = report.tables.get("decomposition")
+    if table is None or table.empty:
+        return []
+    lines = ["\n== Decompositions d(part)/d(whole) =="]
+    for r in table.itertuples():
+        lines.append(
+            f"  {r.decomposition} [{r.mode}] {r.dataset:<12} {r.part}/{r.whole} fraction={_num(r.fraction, '{:.0%}')} "
+            f"[{_num(r.ci_low, '{:.0%}')}, {_num(r.ci_high, '{:.0%}')}] d_part={_num(r.d_part)} "
+            f"d_whole={_num(r.d_whole)} n={r.n}" + (f"  ({r.note})" if r.note else "")
+        )
+    return lines
+
+
+def _attention_section(report: AnalysisReport) -> list[str]:
+    """Mean share (over samples, of each score's mean over answer tokens; mean over layers) per cell."""
+    table = report.tables.get("attention")
+    if table is None or table.empty:
+        return []
+    lines = []
+    rows = _summary_dataset(table).copy()
+    rows["cell"] = rows["condition"] + "@" + rows["mode"]
+    for (model, softmax), group in rows.groupby(["model", "softmax"], sort=False):
+        lines.append(f"\n== Attention shares of answer tokens, mean over layers [{model} / {softmax} softmax] ==")
+        lines += _pivot_lines(group, "cell", "target", "mean_share", "{:.3f}")
     return lines
 
 
@@ -165,5 +196,7 @@ def render_report(report: AnalysisReport) -> str:
     lines += _ranking_section(report)
     lines += _hardness_section(report)
     lines += _factorial_section(report)
+    lines += _decomposition_section(report)
+    lines += _attention_section(report)
     lines += _length_section(report)
     return "\n".join(lines) + "\n"

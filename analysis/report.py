@@ -302,6 +302,41 @@ def _factorial_tables(view, plan, out, settings) -> None:
         out.add("factorial", rows)
 
 
+def _mode_effect_tables(view, plan, out, settings) -> None:
+    """Each planned mode effect (e.g. d_dec_q) once per model: condition@with vs condition@without."""
+    for effect in plan.mode_effects:
+        if (view.model, "mode_effect", effect.name) in out.done:
+            continue
+        pairs = [(a, b) for a, b in effect.pairs() if view.resolve(a) is not None and view.resolve(b) is not None]
+        if not pairs:
+            continue
+        out.done.add((view.model, "mode_effect", effect.name))
+        absent = [a.split("@")[0] for a, b in effect.pairs() if (a, b) not in pairs]
+        if absent:
+            out.note(f"{view.model}: {effect.name} lacks scores in both modes for {', '.join(absent)}.")
+        rows = tables.effect_rows(view, pairs, table=effect.name, settings=settings)
+        for row in rows:  # one block per effect: condition in `with`, reference = the same condition in `without`
+            row["mode"] = f"{effect.with_mode} vs {effect.without_mode}"
+            row["condition"] = row["condition"].split("@", 1)[0]
+            row["reference"] = effect.without_mode
+        out.add("effects", rows)
+
+
+def _decomposition_tables(view, plan, out, settings) -> None:
+    """d(part)/d(whole) per planned decomposition, like the structural fraction."""
+    for dec in plan.decompositions:
+        if any(view.resolve(x) is None for x in (plan.reference, dec.part, dec.whole)):
+            out.note(f"{view.model}/{view.mode}: decomposition {dec.name} needs scores of {plan.reference}, "
+                     f"{dec.part} and {dec.whole}.")
+            continue
+        rows = tables.structural_rows(view, plan.reference, dec.part, dec.whole, settings=settings,
+                                      extra={"decomposition": dec.name})
+        for row in rows:
+            row["part"], row["whole"] = row.pop("random"), row.pop("oracle")
+            row["d_part"], row["d_whole"] = row.pop("d_random"), row.pop("d_oracle")
+        out.add("decomposition", rows)
+
+
 def _length_tables(view, plan, out, settings, pairs, structural) -> None:
     """Effects (and structural fractions) per answer-length bin; no CIs (many small bins)."""
     if not plan.length_bins or plan.reference not in view.nll:
@@ -337,6 +372,8 @@ def _analyse_view(view: ModeView, plan: AnalysisPlan, out: _Collector, settings:
         out.add("structural", tables.structural_rows(view, plan.reference, *structural, settings=settings))
     _comparison_table(view, plan, out, settings)
     _factorial_tables(view, plan, out, settings)
+    _mode_effect_tables(view, plan, out, settings)
+    _decomposition_tables(view, plan, out, settings)
     _length_tables(view, plan, out, settings, pairs, structural)
 
 
@@ -350,15 +387,18 @@ def build_report(
     selections: pd.DataFrame | None = None,
     bootstrap: int = 1000,
     seed: int = 0,
+    attention: pd.DataFrame | None = None,
 ) -> AnalysisReport:
     """Analyse the ``results`` rows of one experiment run as the plan says.
 
     ``results`` has the ``results`` view's columns plus ``answer``; ``token_parity`` is
-    :func:`analysis.load.load_token_parity`'s frame, ``selections`` :func:`load.load_selections`'.
+    :func:`analysis.load.load_token_parity`'s frame, ``selections`` :func:`load.load_selections`',
+    ``attention`` :func:`load.load_attention`'s (probing runs).
     """
     plan = normalize_plan(plan)
     try:
-        return _build_report(results, plan, experiment, run_id, token_parity, selections, int(bootstrap), int(seed))
+        return _build_report(results, plan, experiment, run_id, token_parity, selections, int(bootstrap), int(seed),
+                             attention)
     finally:
         stats.clear_resample_cache()
 
@@ -372,6 +412,7 @@ def _build_report(
     selections: pd.DataFrame | None,
     bootstrap: int,
     seed: int,
+    attention: pd.DataFrame | None = None,
 ) -> AnalysisReport:
     settings = Settings(bootstrap=bootstrap, seed=seed)
     frame = load.normalize_results(results) if len(results) else load.normalize_results(
@@ -379,7 +420,8 @@ def _build_report(
     )
     kept, versions = load.keep_newest_scorer(frame)
     views, duplicates = build_views(
-        kept, reference=plan.reference, condition_order=plan.conditions, dataset_order=plan.datasets
+        kept, reference=plan.reference, condition_order=plan.conditions, dataset_order=plan.datasets,
+        pool=plan.pooled,
     )
     out = _Collector()
     if plan.unknown_keys:
@@ -404,6 +446,8 @@ def _build_report(
         if name == "effects":
             continue
         result_tables[name] = _frame(rows, HARDNESS_COLUMNS if name == "hardness" else None)
+    if plan.attention:
+        _attention_tables(kept, attention, plan, result_tables, out)
     consistency = tables.sign_consistency_rows(effects) if not effects.empty else []
     if consistency:
         result_tables["sign_consistency"] = _frame(consistency)
@@ -433,6 +477,22 @@ def _build_report(
     return AnalysisReport(
         experiment=experiment, run_id=run_id, tables=result_tables, effects=effects, missing=missing, notes=out.notes, info=info
     )
+
+
+def _attention_tables(kept: pd.DataFrame, attention: pd.DataFrame | None, plan: AnalysisPlan,
+                      result_tables: dict[str, pd.DataFrame], out: _Collector) -> None:
+    """``attention`` (mean over layers) and ``attention_by_layer``, from the analysed scores only."""
+    if attention is None or attention.empty:
+        out.note("No attention shares stored: the plan asks for them, but no probing (`*_probe`) scores exist yet.")
+        return
+    attention = attention[attention["score_id"].isin(kept["score_id"].dropna().astype("int64"))]
+    rows = tables.attention_rows(attention, dataset_order=plan.datasets, pooled=plan.pooled)
+    frame = _frame(rows, tables.ATTENTION_COLUMNS)
+    result_tables["attention"] = frame[frame["layer"] == -1].reset_index(drop=True)
+    result_tables["attention_by_layer"] = frame[frame["layer"] != -1].reset_index(drop=True)
+    if (frame["softmax"] != "merged").any():
+        out.note("Attention: self and cross shares of T5/BART-style models come from separate softmaxes (each "
+                 "sums to 1 alone), so no cross/self split is defined for them; T5Gemma 2's merged softmax has one.")
 
 
 def _consistency_notes(table: pd.DataFrame, out: _Collector) -> None:
@@ -478,13 +538,20 @@ def analyze_experiment(
     plan = normalize_plan(plan)
     run_id = load.resolve_run_id(engine, experiment, run_id)
     results = load.load_results(engine, experiment, run_id)
+    if any(entry.label != entry.name for entry in plan.dataset_entries):
+        results = relabel_datasets(results, *load.load_sample_recipes(engine, run_id), plan)
     parity = None
     if plan.hardness_independent in ("auto", "odd_even") and not _has_condition(results, "bare_nl", plan):
         parity = load.load_token_parity(engine, run_id)
     selections = load.load_selections(engine, run_id) if plan.hard_selection is not None else None
+    attention = None
+    if plan.attention:
+        attention = load.load_attention(engine, experiment, run_id)
+        labels = dict(zip(results["sample_id"], results["dataset"]))
+        attention["dataset"] = attention["sample_id"].map(labels).fillna(attention["dataset"])
     report = build_report(
         results, plan, experiment=experiment, run_id=run_id, token_parity=parity, selections=selections,
-        bootstrap=bootstrap, seed=seed,
+        bootstrap=bootstrap, seed=seed, attention=attention,
     )
     waiting = {s: n for s, n in load.load_selection_jobs(engine, run_id).items() if s != "done"}
     if waiting:
@@ -494,6 +561,35 @@ def analyze_experiment(
             "the jobs of the stages after them do not exist yet and are not counted as missing."
         )
     return report
+
+
+def relabel_datasets(results: pd.DataFrame, samples: pd.DataFrame, recipes: dict[str, dict],
+                     plan: AnalysisPlan) -> pd.DataFrame:
+    """Show each sample under the label of the spec's dataset entry whose recipe it was prepared by.
+
+    An entry matches a sample of its dataset when every recipe option it sets has that value
+    in the sample's stored recipe (``tokenizer: scoring`` matches any tokenizer); the most
+    specific match wins. Samples no entry matches keep their dataset name.
+    """
+    label_of: dict[int, str] = {}
+    for row in samples.itertuples():
+        recipe = recipes.get(str(row.recipe_hash), {})
+        best = None
+        for entry in plan.dataset_entries:
+            if entry.name == row.dataset and all(_recipe_matches(recipe, k, v) for k, v in entry.recipe):
+                if best is None or len(entry.recipe) > len(best.recipe):
+                    best = entry
+        if best is not None:
+            label_of[int(row.sample_id)] = best.label
+    results = results.copy()
+    results["dataset"] = results["sample_id"].map(label_of).fillna(results["dataset"]).astype(str)
+    return results
+
+
+def _recipe_matches(recipe: Mapping, key: str, value) -> bool:
+    if key == "tokenizer" and value == "scoring":
+        return key in recipe
+    return recipe.get(key) == value
 
 
 def _has_condition(results: pd.DataFrame, name: str, plan: AnalysisPlan) -> bool:

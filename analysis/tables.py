@@ -377,6 +377,56 @@ def factorial_rows(view: ModeView, design: Factorial, *, settings: Settings) -> 
     return rows
 
 
+ATTENTION_COLUMNS = [
+    "model", "mode", "dataset", "condition", "softmax", "target", "layer", "n", "mean_share", "sd_share",
+    "ci_low", "ci_high", "median_share", "note",
+]
+SOFTMAX_NOTES = {
+    "merged": "one softmax over decoder and encoder positions (T5Gemma 2): decoder + encoder = 1, so the "
+              "self/cross split is meaningful",
+    "self": "decoder self-attention, its own softmax (sums to 1 alone); a self/cross split is undefined",
+    "cross": "cross-attention, its own softmax (sums to 1 alone); a self/cross split is undefined",
+}
+
+
+def attention_rows(frame: pd.DataFrame, *, dataset_order: Sequence[str] = (), pooled: bool = True) -> list[dict]:
+    """Attention shares per (model, mode, dataset, condition, softmax, target, layer) over samples.
+
+    ``frame`` holds one row per (score, layer, softmax, target) with ``share`` = the mean over
+    that score's answer tokens (:func:`analysis.load.load_attention`); each sample counts
+    once. The CI is the t interval of the mean (95%).
+    """
+    if frame.empty:
+        return []
+    keys = ["model", "mode", "condition", "softmax", "target", "layer"]
+    datasets = list(dict.fromkeys([*[d for d in dataset_order if d in set(frame["dataset"])],
+                                   *sorted(frame["dataset"].unique())]))
+    parts = [(ds, frame[frame["dataset"] == ds]) for ds in datasets]
+    if pooled and len(datasets) > 1:
+        parts.append((POOLED, frame))
+    rows = []
+    for dataset, part in parts:
+        for key, group in part.groupby(keys, sort=False):
+            values = group["share"].to_numpy(dtype=float)
+            mean, sd, lo, hi = _mean_ci(values)
+            rows.append({**dict(zip(keys, key)), "dataset": dataset, "n": int(values.size), "mean_share": mean,
+                         "sd_share": sd, "ci_low": lo, "ci_high": hi, "median_share": float(np.median(values)),
+                         "note": SOFTMAX_NOTES.get(key[3], "")})
+    return [{c: r.get(c) for c in ATTENTION_COLUMNS} for r in rows]
+
+
+def _mean_ci(values: np.ndarray, level: float = 0.95) -> tuple[float, float | None, float | None, float | None]:
+    """Mean, sd (ddof=1) and the t confidence interval of the mean."""
+    from scipy import stats as sps
+
+    mean = float(values.mean())
+    if values.size < 2:
+        return mean, None, None, None
+    sd = float(values.std(ddof=1))
+    half = float(sps.t.ppf(0.5 + level / 2, values.size - 1)) * sd / float(np.sqrt(values.size))
+    return mean, sd, mean - half, mean + half
+
+
 def length_bin_masks(view: ModeView, bins: Sequence[tuple[int, int | None]]) -> list[tuple[str, np.ndarray]]:
     labels = stats.length_bins(view.words, bins)
     return [(stats.length_bin_label(lo, hi), labels == stats.length_bin_label(lo, hi)) for lo, hi in bins]

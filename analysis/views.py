@@ -33,6 +33,7 @@ class ModeView:
     datasets: list[str]
     arms: dict[str, np.ndarray] = field(default_factory=dict)  # "condition@mode" -> NLL, whole model
     borrowed: dict[str, str] = field(default_factory=dict)  # condition -> mode it was taken from
+    pool: bool = True  # add the pooled rows when there are several datasets
 
     @property
     def n(self) -> int:
@@ -43,7 +44,7 @@ class ModeView:
         base = np.ones(self.n, dtype=bool) if mask is None else mask
         for ds in self.datasets:
             yield ds, base & (self.dataset == ds)
-        if len(self.datasets) > 1:
+        if self.pool and len(self.datasets) > 1:
             yield POOLED, base.copy()
 
     def label(self, condition: str) -> str:
@@ -81,6 +82,7 @@ def build_views(
     reference: str = "bare",
     condition_order: Sequence[str] = (),
     dataset_order: Sequence[str] = (),
+    pool: bool = True,
 ) -> tuple[list[ModeView], int]:
     """Per (model, mode) views of the scored rows; returns (views, duplicate scores dropped).
 
@@ -117,6 +119,7 @@ def build_views(
                 conditions=conds,
                 datasets=datasets,
                 arms=arms,
+                pool=pool,
             )
             if reference not in view.nll:
                 donors = [m for m in modes if m != mode and f"{reference}@{m}" in arms]

@@ -187,6 +187,38 @@ def _maybe_match(ids: list[int], params: Mapping[str, Any], sample: Mapping[str,
     return ids
 
 
+SENTENCE_END = re.compile(r"(?<=[.!?])([\"')\]]*)\s+(?=[\"'(\[]?[A-Z0-9])")
+
+
+def first_sentence(text: str) -> str:
+    """The text up to its first sentence end (``.``, ``!`` or ``?`` before a capital or digit).
+
+    A deliberately simple rule (no abbreviation list): the same text always gives the same
+    sentence, and a text without such an end is one sentence.
+    """
+    text = " ".join(text.split())
+    match = SENTENCE_END.search(text)
+    return text[: match.end(1)].strip() if match else text.strip()
+
+
+def shuffled_words(text: str, rng: random.Random) -> str:
+    """The whitespace words of ``text`` in a seeded random order (vocabulary kept, coherence broken)."""
+    words = text.split()
+    rng.shuffle(words)
+    return " ".join(words)
+
+
+def partner_doc(sample: Mapping[str, Any]) -> str:
+    """The doc of the sample's partner (the ``unrelated_query`` partner), stored at sample creation."""
+    doc = (sample.get("meta") or {}).get("unrelated_doc")
+    if not doc:
+        raise TrackerError(
+            f"Sample {sample.get('source_key')!r} has no meta.unrelated_doc (its partner's document).",
+            hint="samples get their partner's doc when enqueued; re-run `tracker enqueue` to add it to stored samples",
+        )
+    return doc
+
+
 def doc_keywords(doc: str, k: int) -> list[str]:
     """The ``k`` most frequent non-stopword words of ``doc`` (ties: first occurrence)."""
     words = [w.lower() for w in re.findall(r"[A-Za-z0-9][A-Za-z0-9'\-]*", doc)]
@@ -276,6 +308,26 @@ def _doc_keywords(params, sample, tokenizer, surrogate_text):
     """The document's k most frequent content words, space-separated."""
     return _maybe_match(encode(tokenizer, " ".join(doc_keywords(sample["doc"], int(params["k"])))),
                         params, sample, tokenizer)
+
+
+@register_kind("wrong_doc_keywords", defaults={"k": 10, "matched": False})
+def _wrong_doc_keywords(params, sample, tokenizer, surrogate_text):
+    """The k most frequent content words of the partner's doc (keyword-like, wrong content)."""
+    words = doc_keywords(partner_doc(sample), int(params["k"]))
+    return _maybe_match(encode(tokenizer, " ".join(words)), params, sample, tokenizer)
+
+
+@register_kind("doc_sentence", defaults={"doc": "own", "shuffle": False, "seed": DEFAULT_SEED, "matched": False})
+def _doc_sentence(params, sample, tokenizer, surrogate_text):
+    """The first sentence of the own (``doc: own``) or the partner's (``doc: partner``) doc, words optionally shuffled."""
+    text = first_sentence(sample["doc"] if params["doc"] == "own" else partner_doc(sample))
+    if params["shuffle"]:
+        text = shuffled_words(text, sample_rng(params, sample, f"doc_sentence:{params['doc']}"))
+    ids = encode(tokenizer, text)
+    if not ids:
+        raise TrackerError(f"Sample {sample.get('source_key')!r}: the {params['doc']} doc has no first sentence.",
+                           hint="drop samples with empty documents in the dataset recipe")
+    return _maybe_match(ids, params, sample, tokenizer)
 
 
 @register_kind("keyword_template", defaults={"template": "What is {keywords}?", "k": 1, "matched": False})
@@ -371,6 +423,13 @@ def _catalogue() -> dict[str, ConditionDefinition]:
         ConditionDefinition("surr_template", "keyword_template",
                             {"template": "What is {keywords}?", "k": 1, "matched": False}),
     ]
+    # the encoder-decoder content sweep (ed04) and truncation-wound (ed05) prefixes
+    defs += [ConditionDefinition(f"kw{k}", "doc_keywords", {"k": k, "matched": False}) for k in (5, 10, 20)]
+    defs.append(ConditionDefinition("wrong_kw10", "wrong_doc_keywords", {"k": 10, "matched": False}))
+    for name, doc, shuffle in (("first_sentence", "own", False), ("wrong_sentence", "partner", False),
+                               ("shuffled_sentence", "own", True), ("shuffled_wrong_sentence", "partner", True)):
+        defs.append(ConditionDefinition(name, "doc_sentence", {"doc": doc, "shuffle": shuffle, "seed": DEFAULT_SEED,
+                                                               "matched": False}))
     for key, text in INSTRUCTION_TEXTS.items():
         unmatched = f"surr_{key}" if key in ("extractor", "universal") else key
         defs.append(ConditionDefinition(unmatched, "fixed_text", {"text": text, "matched": False}))
@@ -439,4 +498,9 @@ def estimate_prefix_chars(definition: ConditionDefinition, sample: Mapping[str, 
         return len(params["text"])
     if definition.kind == "llm":
         return 4 * int(params.get("max_new_tokens", DEFAULT_MAX_NEW_TOKENS))
+    if definition.kind in ("doc_keywords", "wrong_doc_keywords"):
+        return 8 * int(params.get("k", 10))
+    if definition.kind == "doc_sentence":
+        doc = sample["doc"] if params.get("doc", "own") == "own" else (sample.get("meta") or {}).get("unrelated_doc", "")
+        return len(first_sentence(doc))
     return 60

@@ -11,6 +11,17 @@ takes the first 10 of the very samples a full run takes. Each sample's partner f
 ``unrelated_query`` condition is chosen by a fixed rule over the whole usable dataset (no
 seed, no N), so every run that shares a sample gives it the same partner.
 
+Each sample also stores its partner's doc (``meta.unrelated_doc``) for the wrong-doc
+conditions (``wrong_kw10``, ``wrong_sentence``, ...).
+
+Token-length recipes (MS MARCO, ed02): ``pad_to_tokens: L`` appends unrelated passages (the
+docs of the rows that follow the sample in the partner order, skipping any that contain the
+answer) after the doc, separated by ``"\n"``, and cuts the result so that it has exactly L
+tokens under ``tokenizer`` (a model name; ``scoring`` = the scored model, resolved by
+enqueue). ``max_doc_tokens: M`` keeps only rows whose own doc has at most M tokens, so every
+length level of one experiment pads the very same docs. What was appended is recorded in
+``meta.padding``.
+
 Rows come from the hub through ``datasets`` when it is reachable, or from local copies with
 the same fields under ``--data-dir`` / ``$TRACKER_DATA_DIR`` (see :func:`find_local_files`).
 The bundled ``tinyqa`` set ships inside the package.
@@ -31,6 +42,9 @@ from tracker.errors import DatasetError
 from tracker.identity import content_hash
 
 ENV_DATA_DIR = "TRACKER_DATA_DIR"
+TOKEN_LENGTH_KEYS = frozenset({"pad_to_tokens", "max_doc_tokens", "tokenizer"})
+TOKENIZER_IS_SCORING_MODEL = "scoring"  # ``tokenizer: scoring`` = the tokenizer of the scored model
+PAD_SEPARATOR = "\n"
 LOCAL_SUFFIXES = (".parquet", ".jsonl", ".json")
 HUB_HOST = "huggingface.co"
 MS_MARCO_NO_ANSWER = "No Answer Present."
@@ -226,7 +240,8 @@ DATASETS: dict[str, DatasetInfo] = {
     d.name: d
     for d in (
         DatasetInfo("ms_marco", "microsoft/ms_marco", "v1.1", "validation", {"loader": "ms_marco/1"},
-                    map_ms_marco, "MS MARCO v1.1: web queries, doc = the selected passage"),
+                    map_ms_marco, "MS MARCO v1.1: web queries, doc = the selected passage",
+                    frozenset({"doc_max_words", *TOKEN_LENGTH_KEYS})),
         DatasetInfo("squad_v2", "rajpurkar/squad_v2", None, "validation", {"loader": "squad_v2/1"},
                     map_squad_v2, "SQuAD 2.0: Wikipedia paragraphs, answerable questions only"),
         DatasetInfo("trivia_qa", "mandarjoshi/trivia_qa", "rc.wikipedia", "validation",
@@ -371,13 +386,18 @@ def _norm_query(q: str) -> str:
     return " ".join(q.lower().split())
 
 
+def partner_order(rows: Iterable[Any]) -> list[Any]:
+    """Rows (anything with a ``source_key``) in the fixed cyclic order partners and padding follow."""
+    return sorted(rows, key=lambda r: (content_hash(["partner", r.source_key]), r.source_key))
+
+
 def assign_partners(rows: list[MappedRow]) -> dict[str, MappedRow]:
     """source_key -> partner row for ``unrelated_query``: a fixed rule over the whole dataset.
 
     Rows are ordered by a hash of their key (no seed); each row's partner is the next row in
     that cyclic order whose query differs from its own.
     """
-    order = sorted(rows, key=lambda r: (content_hash(["partner", r.source_key]), r.source_key))
+    order = partner_order(rows)
     partners: dict[str, MappedRow] = {}
     n = len(order)
     for i, row in enumerate(order):
@@ -399,6 +419,8 @@ def prepare_rows(name: str, rows: Iterable[Mapping[str, Any]], recipe: Mapping[s
         if m is not None and m.source_key not in mapped:
             mapped[m.source_key] = m
     usable = list(mapped.values())
+    if recipe.get("max_doc_tokens") or recipe.get("pad_to_tokens"):
+        usable = filter_doc_tokens(usable, recipe)
     partners = assign_partners(usable)
     rhash = recipe_hash(recipe)
     out = []
@@ -408,6 +430,7 @@ def prepare_rows(name: str, rows: Iterable[Mapping[str, Any]], recipe: Mapping[s
         if partner is not None:
             meta["unrelated_query"] = partner.query
             meta["unrelated_source_key"] = partner.source_key
+            meta["unrelated_doc"] = partner.doc
         out.append(PreparedSample(name, recipe["split"], m.source_key, m.doc, m.query, m.answer, meta,
                                   dict(recipe), rhash))
     return out
@@ -435,6 +458,7 @@ def load_prepared(name: str, *, split: str | None = None, recipe: Mapping[str, A
 
 def clear_cache() -> None:
     _prepared_cache.clear()
+    _padded_cache.clear()
 
 
 def load_samples(
@@ -452,4 +476,170 @@ def load_samples(
             f"Dataset {name} has {len(usable)} usable rows; the spec asks for {want}.",
             hint="lower the dataset's n in the spec, or pass --limit N",
         )
-    return sampling_order(usable, seed)[:want]
+    chosen = sampling_order(usable, seed)[:want]
+    if usable and usable[0].recipe.get("pad_to_tokens"):
+        chosen = pad_samples(chosen, usable)
+    return chosen
+
+
+# --- token lengths: tokenizers, filtering and padding (ed02) -------------------------------
+
+_tokenizers: dict[str, Any] = {}
+
+
+def load_tokenizer(name: str) -> Any:
+    """The tokenizer of a registered model or a local model folder, loaded without the weights.
+
+    Tiny and embedded models need no network; a hub model's tokenizer comes from the local
+    Hugging Face cache, or from the hub when it is reachable.
+    """
+    if name == TOKENIZER_IS_SCORING_MODEL:
+        raise DatasetError("A token-length recipe names `tokenizer: scoring` but no scoring model was resolved.",
+                           hint="enqueue the spec (enqueue resolves it), or write the model name in the recipe")
+    if name not in _tokenizers:
+        _tokenizers[name] = _load_tokenizer(name)
+    return _tokenizers[name]
+
+
+def _load_tokenizer(name: str) -> Any:
+    from workers.registry import resolve_model
+
+    spec = resolve_model(name)  # UnknownModelError names the known models
+    if spec.source == "tiny":
+        from workers.tiny import build_tiny_tokenizer
+
+        return build_tiny_tokenizer()
+    if spec.source == "embedded":
+        return _embedded_tokenizer()
+    from transformers import AutoTokenizer
+
+    if spec.source == "local":
+        return AutoTokenizer.from_pretrained(spec.location)
+    if spec.source != "hub":
+        raise DatasetError(f"Model {name} ({spec.source}) has no tokenizer to count doc tokens with.",
+                           hint="name a real model in the recipe's `tokenizer`, or score a real model")
+    try:
+        return AutoTokenizer.from_pretrained(spec.location, local_files_only=True)
+    except OSError as err:
+        cached_error = err
+    offline = any(os.environ.get(v, "").lower() in {"1", "true", "yes"} for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    if not offline and _hub_reachable():
+        try:
+            return AutoTokenizer.from_pretrained(spec.location)
+        except OSError as err:
+            cached_error = err
+    raise DatasetError(
+        f"Cannot load the tokenizer of {spec.location} to count doc tokens: it is not in the local Hugging Face "
+        f"cache and {HUB_HOST} is {'switched off (offline mode)' if offline else 'not reachable'} "
+        f"({type(cached_error).__name__}).",
+        hint=f"where the hub is reachable run `huggingface-cli download {spec.location} --include 'tokenizer*' "
+             "'special_tokens_map.json'`, or pass a local model folder with --model DIR",
+    )
+
+
+def _embedded_tokenizer() -> Any:
+    """SmolLM2's tokenizer: from the converted cache when present, else read from the GGUF."""
+    from transformers import AutoTokenizer
+
+    from workers.embedded import META_FILE, converted_dir, gguf_path
+
+    folder = converted_dir()
+    if (folder / META_FILE).is_file():
+        return AutoTokenizer.from_pretrained(folder)
+    gguf = gguf_path()
+    return AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+
+
+def count_tokens(tokenizer: Any, text: str) -> int:
+    """Token count of ``text`` as the scorers tokenize a doc (no special tokens)."""
+    return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def filter_doc_tokens(rows: list[MappedRow], recipe: Mapping[str, Any]) -> list[MappedRow]:
+    """Rows whose doc has at most ``max_doc_tokens`` tokens (default: ``pad_to_tokens``)."""
+    limit = int(recipe.get("max_doc_tokens") or recipe["pad_to_tokens"])
+    if recipe.get("pad_to_tokens") and limit > int(recipe["pad_to_tokens"]):
+        raise DatasetError(f"max_doc_tokens {limit} exceeds pad_to_tokens {recipe['pad_to_tokens']}: such docs "
+                           "cannot be padded to the target.", hint="set max_doc_tokens to at most pad_to_tokens")
+    tokenizer = load_tokenizer(str(recipe.get("tokenizer") or TOKENIZER_IS_SCORING_MODEL))
+    counts = tokenizer([r.doc for r in rows], add_special_tokens=False)["input_ids"] if rows else []
+    return [r for r, ids in zip(rows, counts) if len(ids) <= limit]
+
+
+def pad_samples(chosen: list[PreparedSample], usable: list[PreparedSample]) -> list[PreparedSample]:
+    """``chosen`` with each doc padded to exactly ``pad_to_tokens`` tokens (see the module docstring).
+
+    The passages appended to a sample are the docs that follow it in the partner order of
+    ``usable`` (the whole usable dataset), so the padding never depends on N or the seed.
+    """
+    if not chosen:
+        return chosen
+    recipe = chosen[0].recipe
+    target = int(recipe["pad_to_tokens"])
+    tokenizer = load_tokenizer(str(recipe.get("tokenizer") or TOKENIZER_IS_SCORING_MODEL))
+    order = partner_order(usable)
+    index = {s.source_key: i for i, s in enumerate(order)}
+    out = []
+    for sample in chosen:
+        key = (sample.dataset, sample.recipe_hash, sample.source_key)
+        if key not in _padded_cache:
+            start = index[sample.source_key]
+            followers = [order[(start + step) % len(order)] for step in range(1, len(order))]
+            _padded_cache[key] = _pad_one(sample, followers, target, tokenizer)
+        out.append(_padded_cache[key])
+    return out
+
+
+_padded_cache: dict[tuple[str, str, str], PreparedSample] = {}
+
+
+def _pad_one(sample: PreparedSample, followers: list[PreparedSample], target: int, tokenizer: Any) -> PreparedSample:
+    doc_tokens = count_tokens(tokenizer, sample.doc)
+    answer = sample.answer.lower()
+    parts, used, estimate = [sample.doc], [], doc_tokens
+    for other in followers:
+        if estimate > target + 8:
+            break
+        if other.doc == sample.doc or (answer and answer in other.doc.lower()):
+            continue  # never pad with the answer, nor with the doc itself
+        parts.append(other.doc)
+        used.append(other.source_key)
+        estimate += count_tokens(tokenizer, PAD_SEPARATOR + other.doc)
+    text = PAD_SEPARATOR.join(parts)
+    if count_tokens(tokenizer, text) < target:
+        raise DatasetError(
+            f"Dataset {sample.dataset}: the unrelated passages of {len(followers) + 1} usable rows are too few to pad "
+            f"sample {sample.source_key} to {target} tokens.",
+            hint="use the full dataset split (or a smaller pad_to_tokens)",
+        )
+    padded = cut_to_tokens(text, len(sample.doc), target, tokenizer)
+    starts = [sum(len(p) + len(PAD_SEPARATOR) for p in parts[: i + 1]) for i in range(len(used))]
+    appended = [key for key, start in zip(used, starts) if start < len(padded)]
+    meta = {**sample.meta, "padding": {"target_tokens": target, "doc_tokens": doc_tokens,
+                                       "pad_tokens": target - doc_tokens, "doc_chars": len(sample.doc),
+                                       "separator": PAD_SEPARATOR, "passages": appended}}
+    return PreparedSample(sample.dataset, sample.split, sample.source_key, padded, sample.query, sample.answer,
+                          meta, sample.recipe, sample.recipe_hash)
+
+
+def cut_to_tokens(text: str, keep_chars: int, target: int, tokenizer: Any, search: int = 64) -> str:
+    """A prefix ``text[:c]`` (``c >= keep_chars``, so the doc stays whole) with exactly ``target`` tokens.
+
+    Binary search for the shortest prefix with at least ``target`` tokens; when a merge makes
+    the count jump past the target there, nearby cut points are tried.
+    """
+    lo, hi = keep_chars, len(text)  # count(text[:lo]) <= target <= count(text[:hi])
+    if count_tokens(tokenizer, text[:lo]) == target:
+        return text[:lo]
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if count_tokens(tokenizer, text[:mid]) >= target:
+            hi = mid
+        else:
+            lo = mid
+    for offset in range(search):
+        for cut in (hi - offset, hi + offset):
+            if keep_chars < cut <= len(text) and count_tokens(tokenizer, text[:cut]) == target:
+                return text[:cut]
+    raise DatasetError(f"Cannot cut a padded doc to exactly {target} tokens (the tokenizer merges across every "
+                       f"cut point near character {hi}).", hint="try another pad_to_tokens value")

@@ -17,8 +17,10 @@ Every job is shared by all runs that need it (membership in ``run_jobs``): a job
 *skipped* when this run already has it, so enqueueing twice creates nothing the second time.
 A dry run computes the same counts and writes nothing.
 
-Nothing here loads model weights or tokenizers: model identity comes from the registry and
-the cost estimate from text length (about 4 characters per token).
+Nothing here loads model weights: model identity comes from the registry and the cost
+estimate from text length (about 4 characters per token). Tokenizers are loaded only for
+token-length dataset recipes (ed02's padded docs), whose ``tokenizer: scoring`` becomes the
+scored model's name here, so such a run scores exactly one model.
 """
 from __future__ import annotations
 
@@ -40,7 +42,7 @@ from tracker.conditions import (
     estimate_prefix_chars,
     surrogate_request,
 )
-from tracker.datasets import PreparedSample, load_samples
+from tracker.datasets import TOKENIZER_IS_SCORING_MODEL, PreparedSample, load_samples
 from tracker.db import get_engine, session_scope
 from tracker.errors import ConfigError, DatabaseError, SpecError, UnknownModelError
 from tracker.identity import canonical_json, generate_job_key, score_job_key, select_job_key
@@ -727,8 +729,9 @@ def enqueue(
     options = EnqueueOptions(tuple(models) if models else None, limit, device, dtype, data_dir)
     resolved = resolve_models(spec, options)
     prepared = {
-        d.key: load_samples(d.name, n=d.n, seed=d.seed, split=d.split, recipe=d.recipe, data_dir=data_dir, limit=limit)
-        for d in spec.datasets
+        d.key: load_samples(d.name, n=d.n, seed=d.seed, split=d.split, recipe=sample_recipe(spec, i, resolved),
+                            data_dir=data_dir, limit=limit)
+        for i, d in enumerate(spec.datasets)
     }
     engine = engine or get_engine(db)
     for attempt in range(1, TRANSACTION_ATTEMPTS + 1):
@@ -742,6 +745,21 @@ def enqueue(
             if attempt == TRANSACTION_ATTEMPTS or not any(t in str(err).lower() for t in TRANSIENT_ERRORS):
                 raise
     raise AssertionError("unreachable")
+
+
+def sample_recipe(spec: ExperimentSpec, index: int, models: Sequence[ResolvedModel]) -> dict[str, Any]:
+    """The recipe of ``spec.datasets[index]`` with ``tokenizer: scoring`` resolved to the scored model."""
+    recipe = dict(spec.datasets[index].recipe)
+    if recipe.get("tokenizer") != TOKENIZER_IS_SCORING_MODEL:
+        return recipe
+    if len(models) != 1:
+        raise SpecError(
+            f"spec field `datasets[{index}].recipe.tokenizer`: `scoring` pads docs to token lengths under the scored "
+            f"model's tokenizer, so a run scores one model, got {len(models)}",
+            hint="enqueue once per model with --model NAME, or name the tokenizer's model in the recipe",
+        )
+    recipe["tokenizer"] = models[0].identity.name
+    return recipe
 
 
 def _enqueue_in_session(session: Session, spec: ExperimentSpec, options: EnqueueOptions,

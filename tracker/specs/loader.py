@@ -40,7 +40,7 @@ from tracker.conditions import (
     ConditionDefinition,
     check_prompt_template,
 )
-from tracker.datasets import DATASETS
+from tracker.datasets import DATASETS, TOKENIZER_IS_SCORING_MODEL
 from tracker.errors import SpecError, UnknownExperimentError
 from tracker.specs.schema import DatasetEntry, ExperimentSpec, ModelEntry, SelectRule, StageSpec
 
@@ -60,6 +60,7 @@ FALLBACK_MODES = (
     "two_phase", "full", "prefix_lm_causal", "prefix_lm_bidir", "encdec_q", "encdec_nq", "encdec_rq",
     "encdec_q_visible", "encdec_q_probe", "encdec_nq_probe", "encdec_rq_probe", "encdec_q_visible_probe",
 )
+DOC_SOURCES = ("own", "partner")  # doc_sentence: the sample's own doc or its partner's
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 
 
@@ -127,8 +128,16 @@ def _datasets(raw: Any, default_seed: int) -> tuple[DatasetEntry, ...]:
         if unknown:
             raise _fail(f"{where}.recipe.{unknown[0]}", f"dataset {name} has no recipe option {unknown[0]!r}",
                         hint=f"its options: {', '.join(sorted(DATASETS[name].recipe_keys))}")
-        if "doc_max_words" in recipe:
-            _int(recipe["doc_max_words"], f"{where}.recipe.doc_max_words", minimum=1)
+        for key in ("doc_max_words", "pad_to_tokens", "max_doc_tokens"):
+            if key in recipe:
+                _int(recipe[key], f"{where}.recipe.{key}", minimum=1)
+        if "pad_to_tokens" in recipe or "max_doc_tokens" in recipe:
+            recipe["tokenizer"] = _str(recipe.get("tokenizer", TOKENIZER_IS_SCORING_MODEL), f"{where}.recipe.tokenizer")
+            if recipe.get("max_doc_tokens", 0) > recipe.get("pad_to_tokens", recipe.get("max_doc_tokens", 0)):
+                raise _fail(f"{where}.recipe.max_doc_tokens", "exceeds pad_to_tokens (such docs cannot be padded)")
+        elif "tokenizer" in recipe:
+            raise _fail(f"{where}.recipe.tokenizer", "only token-length recipes (pad_to_tokens, max_doc_tokens) "
+                        "use a tokenizer")
         n = item.get("n")
         if n is not None and n != "all":
             n = _int(n, f"{where}.n", minimum=1)
@@ -195,8 +204,11 @@ def _check_params(kind: str, params: Mapping[str, Any], where: str) -> None:
     for key in ("seed", "k", "max_new_tokens"):
         if key in params:
             _int(params[key], f"{where}.params.{key}", minimum=0 if key == "seed" else 1)
-    if "matched" in params and not isinstance(params["matched"], bool):
-        raise _fail(f"{where}.params.matched", "expected true or false")
+    for key in ("matched", "shuffle"):
+        if key in params and not isinstance(params[key], bool):
+            raise _fail(f"{where}.params.{key}", "expected true or false")
+    if "doc" in params and params["doc"] not in DOC_SOURCES:
+        raise _fail(f"{where}.params.doc", f"unknown doc {params['doc']!r}", hint=f"one of {', '.join(DOC_SOURCES)}")
     for key in ("text", "token_text", "template", "prompt"):
         if key in params:
             _str(params[key], f"{where}.params.{key}")
