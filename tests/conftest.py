@@ -9,6 +9,11 @@ from __future__ import annotations
 
 import itertools
 import os
+
+# One math thread per process: tests run several worker processes at once on 2 cores, and
+# oversubscribed torch threads make each forward pass ~10x slower. Subprocesses inherit it.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
 import shutil
 import uuid
 from pathlib import Path
