@@ -31,7 +31,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, select, update
 from sqlalchemy.orm import Session
 
 from tracker.conditions import (
@@ -645,6 +645,8 @@ def _ensure_samples(session: Session, prepared: Sequence[PreparedSample], dry_ru
 
     found = lookup()
     missing = [s for s in prepared if (s.dataset, s.source_key, s.recipe_hash) not in found]
+    if not dry_run:
+        _backfill_meta(session, prepared, found)
     if missing and not dry_run:
         insert_ignore(session, Sample, [
             {"dataset": s.dataset, "split": s.split, "source_key": s.source_key, "recipe_hash": s.recipe_hash,
@@ -653,6 +655,22 @@ def _ensure_samples(session: Session, prepared: Sequence[PreparedSample], dry_ru
         ], ("dataset", "source_key", "recipe_hash"))
         found = lookup()
     return [s.as_dict(found.get((s.dataset, s.source_key, s.recipe_hash))) for s in prepared], len(missing)
+
+
+def _backfill_meta(session: Session, prepared: Sequence[PreparedSample], found: dict[tuple[str, str, str], int]) -> None:
+    """Add meta keys newer preparation code derives (e.g. ``unrelated_doc``) to stored samples lacking them.
+
+    Stored values are never changed (they are what was scored); meta is not part of a
+    sample's identity, so an old sample gains what newer conditions read from it.
+    """
+    by_id = {found[(s.dataset, s.source_key, s.recipe_hash)]: s for s in prepared
+             if (s.dataset, s.source_key, s.recipe_hash) in found}
+    for chunk in _chunks(sorted(by_id)):
+        for sample_id, meta in session.execute(select(Sample.id, Sample.meta).where(Sample.id.in_(chunk))).all():
+            meta = dict(meta or {})
+            lacking = {k: v for k, v in by_id[sample_id].meta.items() if k not in meta}
+            if lacking:
+                session.execute(update(Sample).where(Sample.id == sample_id).values(meta={**meta, **lacking}))
 
 
 def _ensure_run(session: Session, spec: ExperimentSpec, overrides: dict[str, Any], dry_run: bool) -> int | None:
