@@ -8,7 +8,8 @@ sensitive to a busy machine. Workers are the real loop (:class:`workers.worker.Q
 in forked processes, so interpreter start-up is not timed; jobs are created blocked and
 released at once when every worker is polling.
 
-Run:  python benchmarks/queue.py [--pg-admin URL] [--jobs N] [--with-claim-index]
+Run:  python benchmarks/queue.py [--pg-admin URL] [--jobs N] [--repeats R] [--with-claim-index]
+      [--dialects postgresql,sqlite] [--batch-sizes 1,16] [--workers 1,2,4]
 Target: under 2 ms per job on PostgreSQL with batches of 16 (a GPU forward pass is >= 200 ms).
 """
 from __future__ import annotations
@@ -124,6 +125,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1, help="runs per cell; the median is shown")
     parser.add_argument("--with-claim-index", action="store_true", help="add the proposed ordering index first")
     parser.add_argument("--dialects", default="postgresql,sqlite")
+    parser.add_argument("--batch-sizes", default="1,16")
+    parser.add_argument("--workers", default="1,2,4")
     args = parser.parse_args()
     load = os.getloadavg()[0]
     print(f"queue benchmark: test-fake backend, {os.cpu_count()} CPUs, load average {load:.1f}")
@@ -136,9 +139,9 @@ def main() -> None:
                 if args.with_claim_index and kind == "postgresql":
                     with create_tracker_engine(url).begin() as conn:
                         conn.execute(text(CLAIM_INDEX_SQL))
-                for batch in (1, 16):
-                    n_jobs = args.jobs if batch == 16 else max(args.jobs // 4, 40)
-                    for n_workers in (1, 2, 4):
+                for batch in map(int, args.batch_sizes.split(",")):
+                    n_jobs = args.jobs if batch >= 16 else max(args.jobs // 4, 40)
+                    for n_workers in map(int, args.workers.split(",")):
                         runs = [run_once(url, n_workers, batch, n_jobs) for _ in range(args.repeats)]
                         cell = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
                         print(f"{kind:<10} {n_workers:>7} {batch:>5} {n_jobs:>5} {cell['jobs_per_s']:>8.0f} "
