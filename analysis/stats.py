@@ -375,7 +375,8 @@ def bootstrap_d_cis(
     All columns share the resampled samples (one draw of n samples per resample).
     """
     deltas = np.asarray(deltas, dtype=float)
-    deltas = deltas.reshape(deltas.shape[0], -1)  # [n, k]
+    if deltas.ndim == 1:
+        deltas = deltas[:, None]  # [n, 1]; (reshape(n, -1) cannot infer k when n == 0: an empty length bin)
     n, k = deltas.shape
     if resamples <= 0:
         return [(None, None, "")] * k
