@@ -222,6 +222,14 @@ class ClaimedJob:
             return (self.kind, -self.id, -self.id, self.mode)  # a group of its own
         return (self.kind, self.sample_id, self.model_id, self.mode)
 
+    @property
+    def batch_key(self) -> tuple:
+        """What one backend call may take together: a group, or every generation of one model
+        (generations are independent of each other and the backend batches them)."""
+        if self.kind == JobKind.generate and self.model_id is not None:
+            return (self.kind, self.model_id)
+        return self.group_key
+
 
 _CLAIM_COLUMNS = (
     jobs.c.id, jobs.c.job_key, jobs.c.kind, jobs.c.sample_id, jobs.c.condition_id, jobs.c.model_id,
@@ -376,10 +384,10 @@ def _in_group_order(claimed: list[ClaimedJob]) -> list[ClaimedJob]:
 
 
 def group_jobs(claimed: Sequence[ClaimedJob]) -> list[list[ClaimedJob]]:
-    """Split a claimed batch into its groups, keeping the claim's order."""
+    """Split a claimed batch into the units of one backend call (see ``batch_key``), in claim order."""
     groups: dict[tuple, list[ClaimedJob]] = {}
     for job in claimed:
-        groups.setdefault(job.group_key, []).append(job)
+        groups.setdefault(job.batch_key, []).append(job)
     return list(groups.values())
 
 

@@ -6,6 +6,7 @@ encoder-decoder and fake backends are imported the same way, by their registry p
 from __future__ import annotations
 
 import importlib
+from typing import TYPE_CHECKING
 
 from workers.backends.base import (
     GenerateResult,
@@ -14,7 +15,9 @@ from workers.backends.base import (
     ScoreTask,
     ScoringBackend,
 )
-from workers.registry import ModelSpec, resolve_model
+
+if TYPE_CHECKING:  # the registry imports torch; keep `import workers.backends` cheap
+    from workers.registry import ModelSpec
 
 __all__ = [
     "GenerateResult", "GenerateTask", "ScoreResult", "ScoreTask", "ScoringBackend", "backend_class", "get_backend",
@@ -29,5 +32,7 @@ def backend_class(spec: ModelSpec) -> type[ScoringBackend]:
 
 def get_backend(model_name: str, device: str = "cpu", dtype: str | None = None, **kw) -> ScoringBackend:
     """Build the backend for a registered model name or local folder (UnknownModelError otherwise)."""
+    from workers.registry import resolve_model
+
     spec = resolve_model(model_name)
     return backend_class(spec)(spec, device, dtype, **kw)
