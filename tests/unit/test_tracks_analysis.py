@@ -156,3 +156,24 @@ def test_ed04_vocabulary_decomposition_and_ed06_answer_length_bins(sqlite_url, d
     assert oracle == expected
     structural = {r["answer_words"] for r in report["tables"]["answer_length_structural"]}
     assert structural == {label for label, _, _ in bins}
+
+
+def test_ed09_gives_d_dec_q_and_the_factorial_per_model(sqlite_url, data_dir):
+    clear_cache()
+    models = ["tiny-random-t5", "tiny-random-bart"]
+    enqueue("ed09", db=sqlite_url, models=models, limit=N, data_dir=data_dir, device="cpu")
+    drain(sqlite_url, model=None)
+    report = analyze_json(sqlite_url, "ed09")
+    d_dec_q = [r for r in report["effects"] if r["table"] == "d_dec_q"]
+    assert sorted((r["model"], r["condition"]) for r in d_dec_q) == sorted(
+        (m, c) for m in models for c in ("bare", "oracle", "random_tokens", "surr_doc"))
+    with get_engine(sqlite_url).connect() as conn:
+        rows = conn.execute(text("SELECT model, sample_id, mode, nll FROM results "
+                                 "WHERE experiment = 'ed09' AND condition = 'bare'")).all()
+    frame = pd.DataFrame(rows, columns=["model", "sample_id", "mode", "nll"])
+    for row in (r for r in d_dec_q if r["condition"] == "bare"):
+        wide = frame[frame["model"] == row["model"]].pivot(index="sample_id", columns="mode", values="nll")
+        assert row["d"] == pytest.approx(cohens_d((wide["encdec_nq"] - wide["encdec_q"]).to_numpy()), abs=1e-9)
+    factorial = report["tables"]["factorial"]
+    assert {(r["model"], r["step"]) for r in factorial if r["contrast"] == "interaction"} == {
+        (m, s) for m in models for s in ("nq->rq", "rq->q", "nq->q")}

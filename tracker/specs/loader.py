@@ -13,13 +13,21 @@ Format (see the shipped ``exp*.yaml`` and ``demo.yaml``)::
     max_new_tokens: 64                # default generation budget of llm conditions
     datasets:
       - {name: ms_marco, n: 400}      # + seed, split, recipe: {...}, label
+      - {name: ms_marco, n: 400, label: len512,           # token-length recipe (MS MARCO, ed02):
+         recipe: {pad_to_tokens: 512, max_doc_tokens: 98, tokenizer: scoring}}
     conditions:                       # catalogue names, or {name, kind, params, mode}
       - bare
       - {name: llm_extract, params: {max_new_tokens: 24}}
+      - {name: kw5, kind: doc_keywords, params: {k: 5}}
     stages:                           # optional; default: one stage with every condition
       - {name: bare, conditions: [bare]}
       - {name: hard, conditions: [...], select: {by: bare, fraction: 0.4}}
-    analysis: {baseline: bare, ...}   # the analysis plan (read by `tracker analyze`)
+    analysis: {baseline: bare, ...}   # the analysis plan (read by `tracker analyze`, see analysis/plan.py)
+
+Recipe options are per dataset (its loader's ``recipe_keys``). ``pad_to_tokens`` pads each
+doc with unrelated passages to exactly that many tokens and ``max_doc_tokens`` keeps only
+rows whose own doc is at most that long, both under ``tokenizer`` (a model name; default
+``scoring`` = the scored model, resolved by enqueue); see :mod:`tracker.datasets`.
 """
 from __future__ import annotations
 
