@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from analysis.views import POOLED
 
@@ -241,9 +242,11 @@ def attention_layer_figure(by_layer: pd.DataFrame, title: str) -> Figure:
             ax.plot(line["layer"], line["mean_share"].astype(float), marker=".", label=cell)
         ax.set_title(f"{softmax}: {target}", fontsize=8)
         ax.set_xlabel("layer", fontsize=7)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.axes[0].legend(fontsize=6)
     fig.suptitle(title, fontsize=10)
     _fit(fig, top=0.6, wspace=0.35)
+    fig.subplots_adjust(hspace=0.55)
     return fig
 
 
@@ -263,7 +266,8 @@ def make_figures(report: AnalysisReport) -> dict[str, Figure]:
         suffix = "" if ref == report.info.get("reference") or table == "comparison" else f"_vs_{ref}"
         figs[key(f"forest_{table}{suffix}", model, mode)] = forest_plot(rows, f"{name}: {table} effects vs {ref}")
     for model, mode, rows in _scopes(report.tables.get("hardness", pd.DataFrame())):
-        figs[key("hardness_heatmap", model, mode)] = hardness_figure(rows, f"{name}: d by hardness quintile")
+        if np.isfinite(rows["d"].astype(float)).any():  # too few samples leave every bin without a d
+            figs[key("hardness_heatmap", model, mode)] = hardness_figure(rows, f"{name}: d by hardness quintile")
     gradient = report.tables.get("gradient", pd.DataFrame())
     for model, mode, rows in _scopes(report.tables.get("gradient_values", pd.DataFrame())):
         summary = gradient[(gradient["model"] == model) & (gradient["mode"] == mode)]

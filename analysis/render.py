@@ -66,6 +66,8 @@ def _effects_section(report: AnalysisReport, multi: bool) -> list[str]:
 
 def _pivot_lines(frame: pd.DataFrame, index: str, columns: str, values: str, fmt: str = "{:+.3f}") -> list[str]:
     table = frame.pivot_table(index=index, columns=columns, values=values, aggfunc="first", sort=False)
+    if table.empty:
+        return ["  (no values: too few samples)"]
     shown = table.map(lambda x: _num(x, fmt))
     return ["  " + line for line in shown.to_string().splitlines()]
 
