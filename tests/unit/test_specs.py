@@ -30,7 +30,8 @@ GOOD = {
 
 
 def test_shipped_specs_and_their_condition_lists():
-    assert spec_names() == ["demo", "exp01", "exp02", "exp03"]
+    assert spec_names() == ["demo", "ed01", "ed02", "ed03", "ed04", "ed05", "ed06", "ed07", "ed08", "ed09", "ed10",
+                            "exp01", "exp02", "exp03", "plm01", "plm02", "plm03"]
     exp01 = load_spec("exp01")
     assert [c.name for c in exp01.conditions] == ["bare", "oracle", "oracle_full", "surr_extractor", "surr_universal",
                                                   "surr_doc", "surr_template", "adversarial", "adv_instruct"]
