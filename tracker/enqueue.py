@@ -38,7 +38,6 @@ from tracker.conditions import (
     CONDITION_KINDS,
     GENERATOR_IS_SCORING_MODEL,
     ConditionDefinition,
-    definition_hash,
     estimate_prefix_chars,
     surrogate_request,
 )

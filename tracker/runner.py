@@ -19,7 +19,7 @@ from sqlalchemy import Engine, func, select
 
 from tracker.db import session_scope
 from tracker.errors import DeviceError, TrackerError
-from tracker.models import Job, JobStatus, RunJob
+from tracker.models import Job, RunJob
 
 STOP_GRACE_SECONDS = 60.0
 

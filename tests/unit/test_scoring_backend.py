@@ -25,14 +25,6 @@ from workers.scoring.decoder import ScoringRow, score_rows
 from workers.tiny import build_tiny
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a busy 2-core box OpenMP spinning costs 10-30x."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 SAMPLE = {
     "id": 7, "dataset": "tinyqa", "source_key": "k7", "meta": {"unrelated_query": "Who wrote Hamlet?"},

@@ -21,14 +21,6 @@ from workers.tiny import TINY_SLIDING_WINDOW, build_tiny, get_tiny
 
 BOS, NL = 1, 14  # tiny tokenizer: <bos> and the "\n" byte
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a busy 2-core box OpenMP spinning costs 10-30x."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 DECODERS = ["tiny-random-llama", "tiny-random-gemma3", "tiny-random-gemma3-mm"]
 
 

@@ -13,14 +13,6 @@ from workers.tiny import TINY_SLIDING_WINDOW, build_tiny, get_tiny
 BOS, NL, W = 1, 14, TINY_SLIDING_WINDOW
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a busy 2-core box OpenMP spinning costs 10-30x."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def rand_ids(n: int, seed: int) -> list[int]:
     return torch.randint(4, 260, (n,), generator=torch.Generator().manual_seed(seed)).tolist()

@@ -35,13 +35,6 @@ LIMIT = 2
 FAMILIES = {"tiny-random-t5": False, "tiny-random-bart": False, "tiny-random-t5gemma": True}  # name: merged softmax
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def run_ed08(url: str, model: str) -> None:
     clear_cache()
