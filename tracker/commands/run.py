@@ -62,8 +62,9 @@ def run_cmd(experiment: str, workers: int, device: str | None, models: tuple[str
         log_dir = worker_log_dir(url)
         say(f"scoring with {len(devices)} worker(s) on {', '.join(devices)}; logs in {log_dir}/")
         procs = start_workers(url, devices, models=list(models) or None, batch_size=batch_size, log_dir=log_dir)
+        stream = click.get_text_stream("stderr")
         bar = tqdm(total=start.total, initial=start.finished, unit="job", desc=spec.name, dynamic_ncols=True,
-                   smoothing=0.1, file=click.get_text_stream("stderr"))
+                   smoothing=0.1, file=stream, mininterval=1.0 if stream.isatty() else 15.0)
 
         def show(p):
             bar.total = p.total
