@@ -70,7 +70,7 @@ def run_cmd(experiment: str, workers: int, device: str | None, models: tuple[str
             bar.total = p.total
             if p.finished > bar.n:
                 bar.update(p.finished - bar.n)
-            bar.set_postfix(failed=p.failed, refresh=False)
+            bar.set_postfix(failed=p.failed, refresh=stream.isatty())  # a terminal sees time tick
 
         try:
             final = drive_workers(engine, report.run_id, procs, show)
