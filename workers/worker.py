@@ -103,6 +103,20 @@ def load_backend(model_name: str, device: str, dtype: str | None) -> ScoringBack
     return get_backend(model_name, device, dtype)
 
 
+def check_revision(name: str, wanted: str | None, loaded: str | None) -> None:
+    """Refuse to score with weights other than the revision the jobs were enqueued for.
+
+    Jobs carry the model row's revision in their identity; a hub model pinned to a revision
+    (or an embedded/tiny/local model with a content fingerprint) must load exactly that.
+    """
+    if wanted and loaded and not loaded.startswith(wanted):  # a short sha pins its full sha
+        raise ConfigError(
+            f"model {name}: the jobs want revision {wanted!r}, but this worker loaded {loaded!r}",
+            hint=f"make revision {wanted} loadable here (e.g. `huggingface-cli download {name} --revision {wanted}`), "
+                 "or enqueue again without the pinned revision",
+        )
+
+
 # --------------------------------------------------------------------------- stop control
 class WorkerInterrupted(BaseException):
     """A second stop signal: give the batch back now."""
@@ -429,6 +443,7 @@ class QueueWorker:
             raise
         self.self_checks[model.name] = check
         self.describe = dict(backend.describe())
+        check_revision(model.name, model.revision, self.describe.get("revision"))
         versions = {"python": sys.version.split()[0], "lease_seconds": self.options.lease_seconds,
                     "tracker": _tracker_version(), "backend": self.describe}
         self._db("record self-check", lambda: queue.update_worker(
