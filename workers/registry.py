@@ -196,20 +196,24 @@ def _auto_class(spec: ModelSpec):
     return AutoModelForSeq2SeqLM if spec.is_encdec else AutoModelForCausalLM
 
 
-def _from_hub_or_folder(spec: ModelSpec, dtype: torch.dtype, attn: str):
-    """from_pretrained on a hub id (cached copy first, then network unless offline) or a local folder."""
+def _from_hub_or_folder(spec: ModelSpec, dtype: torch.dtype, attn: str, revision: str | None = None):
+    """from_pretrained on a hub id (cached copy first, then network unless offline) or a local folder.
+
+    ``revision`` pins a hub model's commit, branch or tag (the jobs' model row carries it).
+    """
     from transformers import AutoTokenizer
 
     auto = _auto_class(spec)
     kwargs = dict(dtype=dtype, attn_implementation=attn)
     if spec.source == "local":
         return auto.from_pretrained(spec.location, **kwargs), AutoTokenizer.from_pretrained(spec.location)
+    pin = {"revision": revision} if revision else {}
     attempts = [True] if _offline() else [True, False]
     last_error: Exception | None = None
     for local_only in attempts:
         try:
-            model = auto.from_pretrained(spec.location, local_files_only=local_only, **kwargs)
-            tokenizer = AutoTokenizer.from_pretrained(spec.location, local_files_only=local_only)
+            model = auto.from_pretrained(spec.location, local_files_only=local_only, **kwargs, **pin)
+            tokenizer = AutoTokenizer.from_pretrained(spec.location, local_files_only=local_only, **pin)
             return model, tokenizer
         except OSError as error:
             last_error = error
@@ -233,9 +237,9 @@ def _folder_revision(path: str) -> str:
 
 def load_pretrained(
     spec: ModelSpec, device: str | None = "cpu", dtype: str | torch.dtype | None = None,
-    attn_implementation: str | None = None,
+    attn_implementation: str | None = None, revision: str | None = None,
 ) -> LoadedModel:
-    """Load model + tokenizer for a spec, on `device` in `dtype`, in eval mode."""
+    """Load model + tokenizer for a spec, on `device` in `dtype`, in eval mode (hub models at ``revision``)."""
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dev, dtype)
     attn = attn_implementation or "sdpa"
@@ -253,7 +257,7 @@ def load_pretrained(
 
         model, tokenizer, revision = load_smollm2(dtype=torch_dtype, attn_implementation=attn)
     elif spec.source in {"hub", "local"}:
-        model, tokenizer = _from_hub_or_folder(spec, torch_dtype, attn)
+        model, tokenizer = _from_hub_or_folder(spec, torch_dtype, attn, revision)
         revision = getattr(model.config, "_commit_hash", None) or (
             _folder_revision(spec.location) if spec.source == "local" else "unknown"
         )

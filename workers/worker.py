@@ -92,15 +92,18 @@ def device_name(device: str) -> str:
     return platform.processor() or platform.machine() or "cpu"
 
 
-def load_backend(model_name: str, device: str, dtype: str | None) -> ScoringBackend:
-    """The backend for a model name; ``test-fake`` without importing torch or the registry."""
+def load_backend(model_name: str, device: str, dtype: str | None, **kw: Any) -> ScoringBackend:
+    """The backend for a model name; ``test-fake`` without importing torch or the registry.
+
+    ``kw`` goes to the backend (``revision=`` pins a hub model's weights).
+    """
     if model_name == FAKE_MODEL_NAME:
         from workers.backends.fake import FakeBackend
 
         return FakeBackend(None, device, dtype)
     from workers.backends import get_backend
 
-    return get_backend(model_name, device, dtype)
+    return get_backend(model_name, device, dtype, **kw)
 
 
 def check_revision(name: str, wanted: str | None, loaded: str | None) -> None:
@@ -433,7 +436,9 @@ class QueueWorker:
                                                                      model_name=model.name))
             return
         log.info("loading model %s (id %d) on %s", model.name, model.id, self.options.device)
-        backend = self.stop.call(lambda: self.backend_loader(model.name, self.options.device, model.dtype or None))
+        pinned = {"revision": model.revision} if model.source == "hub" and model.revision else {}
+        backend = self.stop.call(lambda: self.backend_loader(model.name, self.options.device, model.dtype or None,
+                                                             **pinned))
         try:
             check = dict(backend.self_check())
         except SelfCheckFailed as err:

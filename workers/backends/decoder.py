@@ -80,10 +80,11 @@ class DecoderBackend(ScoringBackend):
         attn_implementation: str | None = None,
         max_batch: int = 16,
         loaded: LoadedModel | None = None,
+        revision: str | None = None,
     ) -> None:
         self.spec = spec
         self.name = spec.name
-        self.loaded = loaded or load_pretrained(spec, device, dtype, attn_implementation)
+        self.loaded = loaded or load_pretrained(spec, device, dtype, attn_implementation, revision=revision)
         self.model = self.loaded.model
         self.tokenizer = self.loaded.tokenizer
         self.view = view_of(self.model)

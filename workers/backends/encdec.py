@@ -114,9 +114,11 @@ class EncDecBackend(ScoringBackend):
     name = "encdec"
 
     def __init__(self, spec: ModelSpec, device: str = "cpu", dtype: str | None = None, *,
-                 max_batch_rows: int = DEFAULT_MAX_BATCH_ROWS, loaded: LoadedModel | None = None) -> None:
+                 max_batch_rows: int = DEFAULT_MAX_BATCH_ROWS, loaded: LoadedModel | None = None,
+                 revision: str | None = None) -> None:
         self.spec = spec
-        self.loaded = loaded if loaded is not None else load_pretrained(spec, device, dtype, attn_implementation="sdpa")
+        self.loaded = loaded if loaded is not None else load_pretrained(
+            spec, device, dtype, attn_implementation="sdpa", revision=revision)
         self.model = self.loaded.model.eval()
         self.tokenizer = self.loaded.tokenizer
         config = self.model.config
