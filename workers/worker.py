@@ -18,6 +18,7 @@ import logging
 import os
 import platform
 import random
+import re
 import signal
 import socket
 import sys
@@ -106,13 +107,25 @@ def load_backend(model_name: str, device: str, dtype: str | None, **kw: Any) -> 
     return get_backend(model_name, device, dtype, **kw)
 
 
+_FINGERPRINT_PREFIXES = ("tiny-", "gguf-sha256:", "local-")  # content fingerprints the registry makes
+_COMMIT = re.compile(r"[0-9a-f]{7,40}")
+
+
 def check_revision(name: str, wanted: str | None, loaded: str | None) -> None:
     """Refuse to score with weights other than the revision the jobs were enqueued for.
 
     Jobs carry the model row's revision in their identity; a hub model pinned to a revision
     (or an embedded/tiny/local model with a content fingerprint) must load exactly that.
     """
-    if wanted and loaded and not loaded.startswith(wanted):  # a short sha pins its full sha
+    if not wanted or not loaded:
+        return
+    if wanted.startswith(_FINGERPRINT_PREFIXES):
+        same = loaded == wanted
+    elif _COMMIT.fullmatch(wanted):
+        same = loaded.startswith(wanted)  # a short sha pins its full sha
+    else:
+        same = True  # a branch or tag name: from_pretrained resolved it; the commit is recorded
+    if not same:
         raise ConfigError(
             f"model {name}: the jobs want revision {wanted!r}, but this worker loaded {loaded!r}",
             hint=f"make revision {wanted} loadable here (e.g. `huggingface-cli download {name} --revision {wanted}`), "

@@ -13,12 +13,16 @@ from workers.worker import check_revision
     ("0123abc", "0123abcd" * 5),           # a short sha pins its full sha
     ("gguf-sha256:1234", "gguf-sha256:1234"),
     ("local-feed", ""),                    # a backend that reports no revision cannot be checked
+    ("v1.0", "0123abcd" * 5),              # a tag: from_pretrained resolved it to this commit
 ])
 def test_matching_or_unpinned_revisions_pass(wanted, loaded):
     check_revision("m", wanted, loaded)
 
 
-@pytest.mark.parametrize("wanted, loaded", [("0123abc", "fffff" * 8), ("tiny-seed1", "tiny-seed2"), ("v1.0", "0123abcd" * 5)])
+@pytest.mark.parametrize("wanted, loaded", [
+    ("0123abc", "fffff" * 8), ("tiny-seed1", "tiny-seed2"), ("gguf-sha256:aa", "gguf-sha256:bb"),
+    ("local-1234", "local-5678"),
+])
 def test_another_revision_is_refused_with_the_fix(wanted, loaded):
     with pytest.raises(ConfigError) as info:
         check_revision("org/model", wanted, loaded)
