@@ -258,8 +258,10 @@ def load_pretrained(
         model, tokenizer, revision = load_smollm2(dtype=torch_dtype, attn_implementation=attn)
     elif spec.source in {"hub", "local"}:
         model, tokenizer = _from_hub_or_folder(spec, torch_dtype, attn, revision)
-        revision = getattr(model.config, "_commit_hash", None) or (
-            _folder_revision(spec.location) if spec.source == "local" else "unknown"
+        # a local folder is identified by its content fingerprint (as enqueue records it), even
+        # when it is a snapshot inside the hub cache whose config carries a commit hash
+        revision = _folder_revision(spec.location) if spec.source == "local" else (
+            getattr(model.config, "_commit_hash", None) or "unknown"
         )
     else:
         raise ConfigError(f"model {spec.name} ({spec.source}) has no weights to load")
