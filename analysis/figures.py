@@ -32,7 +32,7 @@ def _new_figure(width: float, height: float) -> Figure:
 def _fit(fig: Figure, *, left_labels=(), bottom: float = 0.6, top: float = 0.4, right: float = 0.25, wspace: float | None = None) -> None:
     """Margins from the label lengths (in inches); much cheaper than ``tight_layout``."""
     width, height = fig.get_size_inches()
-    left = 0.3 + 0.068 * max((len(str(label)) for label in left_labels), default=4)
+    left = 0.3 + 0.085 * max((len(str(label)) for label in left_labels), default=4)
     fig.subplots_adjust(
         left=min(left / width, 0.6), right=1 - right / width, bottom=min(bottom / height, 0.45),
         top=1 - min(top / height, 0.3), wspace=wspace,
