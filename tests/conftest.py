@@ -92,30 +92,29 @@ def pg_template(pg_admin) -> str:
     _drop_database(pg_admin, name)
 
 
-@pytest.fixture
-def pg_url(pg_admin, pg_template) -> str:
-    """A fresh, migrated PostgreSQL database for this test (dropped afterwards)."""
-    name = f"tracker_t_{os.getpid()}_{next(_counter)}_{uuid.uuid4().hex[:6]}"
+def _fresh_database(pg_admin, prefix: str, template: str | None = None):
+    """Create a uniquely named database (a copy of ``template`` if given), yield its URL, drop it."""
+    name = f"{prefix}_{os.getpid()}_{next(_counter)}_{uuid.uuid4().hex[:6]}"
+    copy = f' TEMPLATE "{template}"' if template else ""
     with pg_admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}" TEMPLATE "{pg_template}"'))
+        conn.execute(text(f'CREATE DATABASE "{name}"{copy}'))
     yield _pg_url(name)
     from tracker.db import dispose_engines
 
     dispose_engines()
     _drop_database(pg_admin, name)
+
+
+@pytest.fixture
+def pg_url(pg_admin, pg_template) -> str:
+    """A fresh, migrated PostgreSQL database for this test (dropped afterwards)."""
+    yield from _fresh_database(pg_admin, "tracker_t", pg_template)
 
 
 @pytest.fixture
 def pg_empty_url(pg_admin) -> str:
     """A fresh, empty (unmigrated) PostgreSQL database for this test."""
-    name = f"tracker_e_{os.getpid()}_{next(_counter)}_{uuid.uuid4().hex[:6]}"
-    with pg_admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    yield _pg_url(name)
-    from tracker.db import dispose_engines
-
-    dispose_engines()
-    _drop_database(pg_admin, name)
+    yield from _fresh_database(pg_admin, "tracker_e")
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
