@@ -129,7 +129,7 @@ def drop_scores(run: SyntheticRun, job_ids: Sequence[int], status: str = "pendin
 
 def write_run(engine: Engine, run: SyntheticRun, *, chunk: int = 50_000) -> int:
     """Insert a synthetic run into a migrated tracker database; returns the run id."""
-    from tracker import models as m
+    from tracker.db import schema as m
 
     conds = sorted(run.jobs["condition"].unique())
     model_names = sorted(run.jobs["model"].unique())
@@ -152,7 +152,7 @@ def write_run(engine: Engine, run: SyntheticRun, *, chunk: int = 50_000) -> int:
             ).scalar_one()
         model_ids = {}
         for name in model_names:
-            model_ids[name] = conn.execute(insert(m.Model).values(name=name).returning(m.Model.id)).scalar_one()
+            model_ids[name] = conn.execute(insert(m.ModelRow).values(name=name).returning(m.ModelRow.id)).scalar_one()
         job_rows = [
             {"id": int(r.job_id), "job_key": f"synthetic-{run_id}-{r.job_id}", "kind": m.JobKind.score,
              "sample_id": int(r.sample_id), "condition_id": cond_ids[r.condition], "model_id": model_ids[r.model],
@@ -184,7 +184,7 @@ def write_run(engine: Engine, run: SyntheticRun, *, chunk: int = 50_000) -> int:
 
 def write_selection(engine: Engine, run_id: int, stage: int, dataset: str, members: pd.DataFrame) -> int:
     """Store a stage selection (columns sample_id, score_id, rank, value); returns its id."""
-    from tracker import models as m
+    from tracker.db import schema as m
 
     with engine.begin() as conn:
         sel_id = conn.execute(

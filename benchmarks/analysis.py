@@ -37,8 +37,10 @@ from analysis import load  # noqa: E402
 from analysis.mlflow_log import default_params, log_to_mlflow  # noqa: E402
 from analysis.report import analyze_experiment  # noqa: E402
 from analysis.synthetic import make_run, write_run, write_selection  # noqa: E402
-from tracker import migrate  # noqa: E402
-from tracker.db import create_tracker_engine  # noqa: E402
+from tracker.db import (
+    create_tracker_engine,  # noqa: E402
+    migrate,  # noqa: E402
+)
 
 EXPERIMENT = "exp03"
 DATASETS = ("ms_marco", "squad_v2", "trivia_qa", "hotpot_qa")

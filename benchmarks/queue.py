@@ -33,12 +33,16 @@ from pathlib import Path  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
+from queue_fixtures import make_jobs  # noqa: E402
 from sqlalchemy import create_engine, func, select, text, update  # noqa: E402
 
-from queue_fixtures import make_jobs  # noqa: E402
-from tracker import migrate  # noqa: E402
-from tracker.db import create_tracker_engine, dispose_engines, session_scope  # noqa: E402
-from tracker.models import Job, JobStatus  # noqa: E402
+from tracker.db import (  # noqa: E402
+    create_tracker_engine,
+    dispose_engines,
+    migrate,  # noqa: E402
+    session_scope,
+)
+from tracker.db.schema import Job, JobStatus  # noqa: E402
 
 # The ordering index the claim wants on big queues (proposed for the schema; see the report).
 CLAIM_INDEX_SQL = ("CREATE INDEX IF NOT EXISTS ix_jobs_claim_order ON jobs (priority DESC, id) "

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from alembic import context
 
-from tracker.models import Base
+from tracker.db.schema import Base
 
 config = context.config
 target_metadata = Base.metadata

@@ -40,8 +40,7 @@ def _drop_database(admin, name: str) -> None:
 
 @pytest.fixture(scope="session")
 def sqlite_template(tmp_path_factory) -> Path:
-    from tracker import migrate
-    from tracker.db import create_tracker_engine
+    from tracker.db import create_tracker_engine, migrate
 
     path = tmp_path_factory.mktemp("sqlite-template") / "template.db"
     engine = create_tracker_engine(f"sqlite:///{path}")
@@ -79,8 +78,7 @@ def pg_admin():
 @pytest.fixture(scope="session")
 def pg_template(pg_admin) -> str:
     """Name of a migrated template database, created for this test session and dropped after."""
-    from tracker import migrate
-    from tracker.db import create_tracker_engine
+    from tracker.db import create_tracker_engine, migrate
 
     name = f"tracker_tmpl_{os.getpid()}_{uuid.uuid4().hex[:6]}"
     with pg_admin.connect() as conn:

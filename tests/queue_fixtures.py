@@ -18,9 +18,9 @@ from pathlib import Path
 
 from sqlalchemy import Engine, func, insert, select, update
 
+from tracker import queue  # noqa: E402
 from tracker.db import get_engine, session_scope
-from tracker.identity import content_hash, generate_job_key, score_job_key
-from tracker.models import (
+from tracker.db.schema import (
     Condition,
     Experiment,
     ExperimentRun,
@@ -28,12 +28,13 @@ from tracker.models import (
     JobDependency,
     JobKind,
     JobStatus,
-    Model,
+    ModelRow,
     RunJob,
     Sample,
     Score,
-    Worker,
+    WorkerRow,
 )
+from tracker.identity import content_hash, generate_job_key, score_job_key
 
 ROOT = Path(__file__).resolve().parents[1]
 FAKE = "test-fake"
@@ -57,9 +58,9 @@ def engine_for(url_or_engine: str | Engine) -> Engine:
 
 
 def ensure_model(session, name: str = FAKE) -> int:
-    model_id = session.execute(select(Model.id).where(Model.name == name)).scalar()
+    model_id = session.execute(select(ModelRow.id).where(ModelRow.name == name)).scalar()
     if model_id is None:
-        model = Model(name=name, source="fake", family="fake", revision="", dtype="float32", attn_implementation="")
+        model = ModelRow(name=name, source="fake", family="fake", revision="", dtype="float32", attn_implementation="")
         session.add(model)
         session.flush()
         model_id = model.id
@@ -174,9 +175,9 @@ def score_summary(url_or_engine: str | Engine) -> tuple[int, int, Counter]:
     return len(rows), len({job for job, _ in rows}), Counter(worker for _, worker in rows)
 
 
-def workers(url_or_engine: str | Engine) -> list[Worker]:
+def workers(url_or_engine: str | Engine) -> list[WorkerRow]:
     with session_scope(engine_for(url_or_engine)) as s:
-        return list(s.execute(select(Worker).order_by(Worker.id)).scalars())
+        return list(s.execute(select(WorkerRow).order_by(WorkerRow.id)).scalars())
 
 
 # --------------------------------------------------------------------------- processes
@@ -241,4 +242,14 @@ def stop_all(procs: Sequence[subprocess.Popen]) -> None:
 
 def running_worker_ids(url_or_engine: str | Engine) -> set[int]:
     with session_scope(engine_for(url_or_engine)) as s:
-        return set(s.execute(select(Worker.id).where(Worker.status == "running")).scalars())
+        return set(s.execute(select(WorkerRow.id).where(WorkerRow.status == "running")).scalars())
+
+
+class QueueWith:
+    """The queue layer with some operations replaced: ``QueueWorker(..., queue_ops=QueueWith(complete_scores=f))``."""
+
+    def __init__(self, **overrides) -> None:
+        self._overrides = overrides
+
+    def __getattr__(self, name):
+        return self._overrides[name] if name in self._overrides else getattr(queue, name)

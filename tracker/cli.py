@@ -1,17 +1,18 @@
 """The ``tracker`` command line. Commands are thin: parse, call the library, render."""
 from __future__ import annotations
 
-import functools
-import importlib
 import sys
 
 import click
 
 from tracker import __version__
+from tracker.commands import analyze as analyze_commands
+from tracker.commands import db as db_commands
+from tracker.commands import experiments as experiment_commands
+from tracker.commands import queue as queue_commands
+from tracker.commands import run as run_commands
+from tracker.commands import sql as sql_commands
 from tracker.errors import TrackerError
-
-# Modules under tracker/commands that add commands to the group (see ``register``).
-COMMAND_MODULES = ("db", "sql", "queue", "experiments", "analyze", "run")
 
 
 class TrackerGroup(click.Group):
@@ -26,21 +27,6 @@ class TrackerGroup(click.Group):
         except KeyboardInterrupt:
             click.echo("Interrupted.", err=True)
             sys.exit(130)
-
-
-def db_option(func):
-    """``--db URL`` on a command; falls back to the group's ``--db``, then $TRACKER_DB, then ./tracker.db."""
-
-    @click.option("--db", "db", default=None, metavar="URL",
-                  help="Database URL (default: $TRACKER_DB, else sqlite:///tracker.db).")
-    @functools.wraps(func)
-    def wrapper(*args, db=None, **kwargs):
-        ctx = click.get_current_context()
-        root = ctx.find_root()
-        db = db or (root.obj or {}).get("db")
-        return func(*args, db=db, **kwargs)
-
-    return wrapper
 
 
 @click.group(cls=TrackerGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -61,19 +47,9 @@ def cli(ctx: click.Context, db: str | None) -> None:
     ctx.obj["db"] = db
 
 
-def register(group: click.Group) -> None:
-    for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(f"tracker.commands.{name}")
-        except ModuleNotFoundError as err:
-            if err.name == f"tracker.commands.{name}":
-                continue  # not built yet
-            raise
-        for command in getattr(module, "COMMANDS", ()):
-            group.add_command(command)
-
-
-register(cli)
+for module in (db_commands, sql_commands, queue_commands, experiment_commands, analyze_commands, run_commands):
+    for command in module.COMMANDS:
+        cli.add_command(command)
 
 
 def main() -> None:

@@ -24,6 +24,7 @@ length level of one experiment pads the very same docs. What was appended is rec
 
 Rows come from the hub through ``datasets`` when it is reachable, or from local copies with
 the same fields under ``--data-dir`` / ``$TRACKER_DATA_DIR`` (see :func:`find_local_files`).
+Token-length recipes count with a tokenizer that the caller's loader provides (``tokenizers=``).
 The bundled ``tinyqa`` set ships inside the package.
 """
 from __future__ import annotations
@@ -38,10 +39,11 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from tracker import settings
 from tracker.errors import DatasetError
 from tracker.identity import content_hash
 
-ENV_DATA_DIR = "TRACKER_DATA_DIR"
+ENV_DATA_DIR = settings.ENV_DATA_DIR
 TOKEN_LENGTH_KEYS = frozenset({"pad_to_tokens", "max_doc_tokens", "tokenizer"})
 TOKENIZER_IS_SCORING_MODEL = "scoring"  # ``tokenizer: scoring`` = the tokenizer of the scored model
 PAD_SEPARATOR = "\n"
@@ -289,8 +291,7 @@ def recipe_hash(recipe: Mapping[str, Any]) -> str:
 
 def resolve_data_dir(explicit: str | os.PathLike[str] | None = None) -> Path | None:
     """``--data-dir``, else ``$TRACKER_DATA_DIR``, else None (use the hub)."""
-    value = explicit or os.environ.get(ENV_DATA_DIR)
-    return Path(value).expanduser() if value else None
+    return settings.data_dir(explicit)
 
 
 def find_local_files(data_dir: Path, info: DatasetInfo, split: str) -> list[Path]:
@@ -333,7 +334,7 @@ def read_local_file(path: Path) -> list[dict[str, Any]]:
         raise DatasetError(f"{path} is not JSON lines: {err}", hint="write one JSON object per line") from err
 
 
-def _hub_reachable(timeout: float = 3.0) -> bool:
+def hub_reachable(timeout: float = 3.0) -> bool:
     try:
         with socket.create_connection((HUB_HOST, 443), timeout=timeout):
             return True
@@ -352,8 +353,7 @@ def _offline_error(info: DatasetInfo, split: str, data_dir: Path | None, why: st
 
 def load_hub_rows(info: DatasetInfo, split: str) -> list[dict[str, Any]]:
     """Rows from the hub (or its local cache when HF_HUB_OFFLINE / HF_DATASETS_OFFLINE is set)."""
-    offline_env = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("HF_DATASETS_OFFLINE")
-    if not offline_env and not _hub_reachable():
+    if not settings.datasets_offline() and not hub_reachable():
         raise _offline_error(info, split, None, f"{HUB_HOST} is not reachable")
     import datasets
 
@@ -410,7 +410,8 @@ def assign_partners(rows: list[MappedRow]) -> dict[str, MappedRow]:
     return partners
 
 
-def prepare_rows(name: str, rows: Iterable[Mapping[str, Any]], recipe: Mapping[str, Any]) -> list[PreparedSample]:
+def prepare_rows(name: str, rows: Iterable[Mapping[str, Any]], recipe: Mapping[str, Any],
+                 tokenizers: TokenizerLoader | None = None) -> list[PreparedSample]:
     """Map and filter raw rows, attach partners; duplicates of a source key keep the first row."""
     info = get_dataset_info(name)
     mapped: dict[str, MappedRow] = {}
@@ -420,7 +421,7 @@ def prepare_rows(name: str, rows: Iterable[Mapping[str, Any]], recipe: Mapping[s
             mapped[m.source_key] = m
     usable = list(mapped.values())
     if recipe.get("max_doc_tokens") or recipe.get("pad_to_tokens"):
-        usable = filter_doc_tokens(usable, recipe)
+        usable = filter_doc_tokens(usable, recipe, tokenizers)
     partners = assign_partners(usable)
     rhash = recipe_hash(recipe)
     out = []
@@ -445,14 +446,15 @@ _prepared_cache: dict[str, list[PreparedSample]] = {}
 
 
 def load_prepared(name: str, *, split: str | None = None, recipe: Mapping[str, Any] | None = None,
-                  data_dir: str | os.PathLike[str] | None = None) -> list[PreparedSample]:
+                  data_dir: str | os.PathLike[str] | None = None,
+                  tokenizers: TokenizerLoader | None = None) -> list[PreparedSample]:
     """All usable samples of one dataset split under a recipe (cached per process)."""
     full = build_recipe(name, split, recipe)
     root = resolve_data_dir(data_dir)
     key = content_hash([full, str(root) if root else None])
     if key not in _prepared_cache:
         rows = load_raw_rows(name, full["split"], root)
-        _prepared_cache[key] = prepare_rows(name, rows, full)
+        _prepared_cache[key] = prepare_rows(name, rows, full, tokenizers)
     return _prepared_cache[key]
 
 
@@ -464,10 +466,10 @@ def clear_cache() -> None:
 def load_samples(
     name: str, *, n: int | None = None, seed: int = 42, split: str | None = None,
     recipe: Mapping[str, Any] | None = None, data_dir: str | os.PathLike[str] | None = None,
-    limit: int | None = None,
+    limit: int | None = None, tokenizers: TokenizerLoader | None = None,
 ) -> list[PreparedSample]:
     """The first ``min(n, limit)`` samples of the seeded order (all usable ones when n is None)."""
-    usable = load_prepared(name, split=split, recipe=recipe, data_dir=data_dir)
+    usable = load_prepared(name, split=split, recipe=recipe, data_dir=data_dir, tokenizers=tokenizers)
     want = len(usable) if n is None else n
     if limit is not None:
         want = min(want, limit)
@@ -478,76 +480,25 @@ def load_samples(
         )
     chosen = sampling_order(usable, seed)[:want]
     if usable and usable[0].recipe.get("pad_to_tokens"):
-        chosen = pad_samples(chosen, usable)
+        chosen = pad_samples(chosen, usable, tokenizers)
     return chosen
 
 
 # --- token lengths: tokenizers, filtering and padding (ed02) -------------------------------
 
-_tokenizers: dict[str, Any] = {}
+TokenizerLoader = Callable[[str], Any]  # model name -> tokenizer (``workers.tokenizers.load_tokenizer``)
 
 
-def load_tokenizer(name: str) -> Any:
-    """The tokenizer of a registered model or a local model folder, loaded without the weights.
-
-    Tiny and embedded models need no network; a hub model's tokenizer comes from the local
-    Hugging Face cache, or from the hub when it is reachable.
-    """
+def recipe_tokenizer(recipe: Mapping[str, Any], tokenizers: TokenizerLoader | None) -> Any:
+    """The tokenizer a token-length recipe counts with, from the loader the caller passed."""
+    name = str(recipe.get("tokenizer") or TOKENIZER_IS_SCORING_MODEL)
     if name == TOKENIZER_IS_SCORING_MODEL:
         raise DatasetError("A token-length recipe names `tokenizer: scoring` but no scoring model was resolved.",
                            hint="enqueue the spec (enqueue resolves it), or write the model name in the recipe")
-    if name not in _tokenizers:
-        _tokenizers[name] = _load_tokenizer(name)
-    return _tokenizers[name]
-
-
-def _load_tokenizer(name: str) -> Any:
-    from workers.registry import resolve_model
-
-    spec = resolve_model(name)  # UnknownModelError names the known models
-    if spec.source == "tiny":
-        from workers.tiny import build_tiny_tokenizer
-
-        return build_tiny_tokenizer()
-    if spec.source == "embedded":
-        return _embedded_tokenizer()
-    from transformers import AutoTokenizer
-
-    if spec.source == "local":
-        return AutoTokenizer.from_pretrained(spec.location)
-    if spec.source != "hub":
-        raise DatasetError(f"Model {name} ({spec.source}) has no tokenizer to count doc tokens with.",
-                           hint="name a real model in the recipe's `tokenizer`, or score a real model")
-    try:
-        return AutoTokenizer.from_pretrained(spec.location, local_files_only=True)
-    except OSError as err:
-        cached_error = err
-    offline = any(os.environ.get(v, "").lower() in {"1", "true", "yes"} for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
-    if not offline and _hub_reachable():
-        try:
-            return AutoTokenizer.from_pretrained(spec.location)
-        except OSError as err:
-            cached_error = err
-    raise DatasetError(
-        f"Cannot load the tokenizer of {spec.location} to count doc tokens: it is not in the local Hugging Face "
-        f"cache and {HUB_HOST} is {'switched off (offline mode)' if offline else 'not reachable'} "
-        f"({type(cached_error).__name__}).",
-        hint=f"where the hub is reachable run `huggingface-cli download {spec.location} --include 'tokenizer*' "
-             "'special_tokens_map.json'`, or pass a local model folder with --model DIR",
-    )
-
-
-def _embedded_tokenizer() -> Any:
-    """SmolLM2's tokenizer: from the converted cache when present, else read from the GGUF."""
-    from transformers import AutoTokenizer
-
-    from workers.embedded import META_FILE, converted_dir, gguf_path
-
-    folder = converted_dir()
-    if (folder / META_FILE).is_file():
-        return AutoTokenizer.from_pretrained(folder)
-    gguf = gguf_path()
-    return AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    if tokenizers is None:
+        raise DatasetError(f"The recipe counts doc tokens with {name}'s tokenizer, but no tokenizer loader was given.",
+                           hint="pass tokenizers=workers.tokenizers.load_tokenizer (the CLI and tracker.api do)")
+    return tokenizers(name)
 
 
 def count_tokens(tokenizer: Any, text: str) -> int:
@@ -555,18 +506,20 @@ def count_tokens(tokenizer: Any, text: str) -> int:
     return len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
-def filter_doc_tokens(rows: list[MappedRow], recipe: Mapping[str, Any]) -> list[MappedRow]:
+def filter_doc_tokens(rows: list[MappedRow], recipe: Mapping[str, Any],
+                      tokenizers: TokenizerLoader | None = None) -> list[MappedRow]:
     """Rows whose doc has at most ``max_doc_tokens`` tokens (default: ``pad_to_tokens``)."""
     limit = int(recipe.get("max_doc_tokens") or recipe["pad_to_tokens"])
     if recipe.get("pad_to_tokens") and limit > int(recipe["pad_to_tokens"]):
         raise DatasetError(f"max_doc_tokens {limit} exceeds pad_to_tokens {recipe['pad_to_tokens']}: such docs "
                            "cannot be padded to the target.", hint="set max_doc_tokens to at most pad_to_tokens")
-    tokenizer = load_tokenizer(str(recipe.get("tokenizer") or TOKENIZER_IS_SCORING_MODEL))
+    tokenizer = recipe_tokenizer(recipe, tokenizers)
     counts = tokenizer([r.doc for r in rows], add_special_tokens=False)["input_ids"] if rows else []
     return [r for r, ids in zip(rows, counts) if len(ids) <= limit]
 
 
-def pad_samples(chosen: list[PreparedSample], usable: list[PreparedSample]) -> list[PreparedSample]:
+def pad_samples(chosen: list[PreparedSample], usable: list[PreparedSample],
+                tokenizers: TokenizerLoader | None = None) -> list[PreparedSample]:
     """``chosen`` with each doc padded to exactly ``pad_to_tokens`` tokens (see the module docstring).
 
     The passages appended to a sample are the docs that follow it in the partner order of
@@ -576,7 +529,7 @@ def pad_samples(chosen: list[PreparedSample], usable: list[PreparedSample]) -> l
         return chosen
     recipe = chosen[0].recipe
     target = int(recipe["pad_to_tokens"])
-    tokenizer = load_tokenizer(str(recipe.get("tokenizer") or TOKENIZER_IS_SCORING_MODEL))
+    tokenizer = recipe_tokenizer(recipe, tokenizers)
     order = partner_order(usable)
     index = {s.source_key: i for i, s in enumerate(order)}
     out = []

@@ -35,7 +35,11 @@ class DatabaseError(TrackerError):
 
 
 class DatabaseUnavailable(DatabaseError):
-    """The database does not answer (connection refused, dropped, timed out)."""
+    """The database does not answer (connection refused, dropped, timed out): retry later."""
+
+
+class TransientDatabaseError(DatabaseError):
+    """The transaction lost a race (deadlock, serialization failure, SQLite lock): retry it."""
 
 
 class SchemaOutOfDate(DatabaseError):
@@ -72,7 +76,3 @@ class InputTooLongError(TrackerError):
 
 class EmptyAnswerError(TrackerError):
     """A sample's answer tokenizes to nothing, so there is no NLL to measure."""
-
-
-class LeaseLost(TrackerError):
-    """A worker's lease on a job was taken over; its result is discarded (fencing)."""

@@ -18,8 +18,8 @@ from pathlib import Path
 from sqlalchemy import Engine, func, select
 
 from tracker.db import session_scope
+from tracker.db.schema import Job, RunJob
 from tracker.errors import DeviceError, TrackerError
-from tracker.models import Job, RunJob
 
 STOP_GRACE_SECONDS = 60.0
 

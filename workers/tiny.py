@@ -30,7 +30,10 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedModel, PreTrainedTokenizerFast
 
-TINY_SEED = 1234
+from tracker.catalogue.revisions import (
+    TINY_SEED,  # part of the tiny models' revision string
+)
+
 TINY_VOCAB_SIZE = 272  # 4 specials + 256 bytes, rounded up; ids 260.. are unused by text
 PAD_ID, BOS_ID, EOS_ID, UNK_ID = 0, 1, 2, 3
 SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>", "<unk>")

@@ -23,8 +23,7 @@ from synth import write_synthetic_data_dir  # noqa: E402
 from tracker.conditions import build_prefix_ids, encode  # noqa: E402
 from tracker.datasets import clear_cache  # noqa: E402
 from tracker.db import get_engine, session_scope  # noqa: E402
-from tracker.enqueue import enqueue  # noqa: E402
-from tracker.models import (  # noqa: E402
+from tracker.db.schema import (  # noqa: E402
     Condition,
     Job,
     JobKind,
@@ -36,7 +35,9 @@ from tracker.models import (  # noqa: E402
     SelectionMember,
     Surrogate,
 )
-from tracker.stages import condition_definition, sample_dict  # noqa: E402
+from tracker.planning import enqueue  # noqa: E402
+from tracker.planning.stages import condition_definition  # noqa: E402
+from workers.tokenizers import load_tokenizer  # noqa: E402
 
 MODEL = "tiny-random-llama"
 N = 4  # per dataset; ceil(0.4 * 4) = 2 selected
@@ -73,7 +74,7 @@ def _check_prefixes(session) -> int:
                 Surrogate.sample_id == sample.id, Surrogate.kind == ref["kind"],
                 Surrogate.prompt_hash == ref["prompt_hash"], Surrogate.generator_model_id == ref["generator_model_id"]))
         definition = condition_definition(condition)
-        expected = build_prefix_ids(definition.as_dict(), sample_dict(sample), tok, surrogate_text=text)
+        expected = build_prefix_ids(definition.as_dict(), sample.as_dict(), tok, surrogate_text=text)
         assert score.prefix_ids == expected, (condition.name, sample.id)
         assert score.query_ids == encode(tok, sample.query)
         if condition.name != "bare":
@@ -88,7 +89,7 @@ def test_exp02_then_exp03_with_real_workers_on_postgres(pg_url, tmp_path):
     clear_cache()
     data = str(write_synthetic_data_dir(tmp_path / "data", 20))
     kw = dict(db=pg_url, data_dir=data, models=[MODEL], limit=N, device="cpu")
-    assert enqueue("exp02", **kw).stage(1).score.created == N * 13
+    assert enqueue("exp02", **kw, tokenizers=load_tokenizer).stage(1).score.created == N * 13
     _run_workers(pg_url, tmp_path)
     engine = get_engine(pg_url)
     with session_scope(engine) as s:
@@ -98,7 +99,7 @@ def test_exp02_then_exp03_with_real_workers_on_postgres(pg_url, tmp_path):
         ms_marco_jobs = s.scalar(select(func.count()).select_from(Job).join(Sample, Sample.id == Job.sample_id)
                                  .where(Sample.dataset == "ms_marco"))
 
-    report = enqueue("exp03", **kw)
+    report = enqueue("exp03", **kw, tokenizers=load_tokenizer)
     assert report.stage(1).by_dataset["ms_marco"].created == 0
     _run_workers(pg_url, tmp_path)
     with session_scope(engine) as s:
@@ -137,7 +138,7 @@ def test_a_dependant_added_while_its_generation_completes_is_not_left_blocked(pg
     data = str(write_synthetic_data_dir(tmp_path / "data", 5))
     base = {"name": "race", "models": ["test-fake"], "device": "cpu", "datasets": [{"name": "squad_v2", "n": 1}],
             "conditions": ["bare", "llm_extract"]}
-    enqueue(load_spec_from(tmp_path, base), db=pg_url, data_dir=data)
+    enqueue(load_spec_from(tmp_path, base), db=pg_url, data_dir=data, tokenizers=load_tokenizer)
     with session_scope(get_engine(pg_url)) as s:
         gen_id = s.scalar(select(Job.id).where(Job.kind == JobKind.generate))
 
@@ -159,7 +160,7 @@ def test_a_dependant_added_while_its_generation_completes_is_not_left_blocked(pg
                                                                        "prompt": load_spec("exp02").condition(
                                                                            "llm_extract").params["prompt"],
                                                                        "matched": False}}]}
-    report = enqueue(load_spec_from(tmp_path, more), db=pg_url, data_dir=data)
+    report = enqueue(load_spec_from(tmp_path, more), db=pg_url, data_dir=data, tokenizers=load_tokenizer)
     thread.join()
     worker_side.close()
     other.dispose()

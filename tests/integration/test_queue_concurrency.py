@@ -5,13 +5,13 @@ import threading
 import time
 
 import pytest
+from queue_fixtures import add_dependency, job_rows, make_jobs
 from sqlalchemy.orm import Session
 
-from queue_fixtures import add_dependency, job_rows, make_jobs
 from tracker import queue
 from tracker.db import create_tracker_engine, get_engine, session_scope
-from tracker.models import JobStatus
-from tracker.tasks import build_tasks
+from tracker.db.schema import JobStatus
+from tracker.queue.tasks import build_tasks
 from workers.backends.fake import FakeBackend
 
 

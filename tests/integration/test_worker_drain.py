@@ -7,8 +7,6 @@ import time
 from pathlib import Path
 
 import pytest
-from sqlalchemy import func, select, update
-
 from queue_fixtures import (
     make_jobs,
     running_worker_ids,
@@ -21,8 +19,10 @@ from queue_fixtures import (
     worker_env,
     workers,
 )
+from sqlalchemy import func, select, update
+
 from tracker.db import get_engine, session_scope
-from tracker.models import Job, JobStatus
+from tracker.db.schema import Job, JobStatus
 from workers.backends.fake import count_calls
 
 pytestmark = pytest.mark.slow

@@ -10,8 +10,6 @@ import time
 from collections import Counter
 
 import pytest
-from sqlalchemy import create_engine, select, text
-
 from queue_fixtures import (
     ROOT,
     add_dependency,
@@ -27,9 +25,11 @@ from queue_fixtures import (
     worker_env,
     workers,
 )
+from sqlalchemy import create_engine, select, text
+
 from tracker import queue
 from tracker.db import get_engine, session_scope
-from tracker.models import Job, JobStatus, Score
+from tracker.db.schema import Job, JobStatus, Score
 from workers.backends.fake import count_calls
 
 pytestmark = pytest.mark.slow

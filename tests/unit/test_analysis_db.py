@@ -114,11 +114,11 @@ def _attach_to_run(engine, run, run_id: int) -> None:
     """Insert another scorer version's jobs and scores into an existing run (same samples)."""
     from sqlalchemy import insert, select
 
-    from tracker import models as m
+    from tracker.db import schema as m
 
     with engine.begin() as conn:
         cond_ids = dict(conn.execute(select(m.Condition.name, m.Condition.id)).all())
-        model_id = conn.execute(select(m.Model.id)).scalar_one()
+        model_id = conn.execute(select(m.ModelRow.id)).scalar_one()
         conn.execute(insert(m.Job), [
             {"id": int(r.job_id), "job_key": f"old-{r.job_id}", "kind": m.JobKind.score, "sample_id": int(r.sample_id),
              "condition_id": cond_ids[r.condition], "model_id": model_id, "mode": r.mode,
@@ -146,7 +146,7 @@ def test_run_resolution(engine):
 def test_latest_run_is_the_default(engine):
     from sqlalchemy import insert
 
-    from tracker import models as m
+    from tracker.db import schema as m
 
     run_id = write_run(engine, make_run(experiment="exp_a", datasets=("alpha",), n_per_dataset=5, seed=28))
     with engine.begin() as conn:
@@ -165,7 +165,7 @@ def test_latest_run_is_the_default(engine):
 def test_pending_stage_selections_are_reported(engine):
     from sqlalchemy import insert
 
-    from tracker import models as m
+    from tracker.db import schema as m
 
     run_id = write_run(engine, make_run(experiment="exp_syn", datasets=("alpha",), n_per_dataset=6, seed=29))
     with engine.begin() as conn:

@@ -123,8 +123,7 @@ def logged(tmp_path_factory):
     """A run stored in a fresh tracker SQLite database, analysed and logged to a fresh MLflow store."""
     from analysis.report import analyze_experiment
     from analysis.synthetic import write_run
-    from tracker import migrate
-    from tracker.db import create_tracker_engine
+    from tracker.db import create_tracker_engine, migrate
 
     tmp = tmp_path_factory.mktemp("mlflow")
     db_url = f"sqlite:///{tmp}/tracker.db"

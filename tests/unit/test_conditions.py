@@ -24,6 +24,7 @@ from tracker.conditions import (  # noqa: E402
 )
 from tracker.datasets import load_samples  # noqa: E402
 from tracker.errors import SpecError, TrackerError  # noqa: E402
+from workers.tokenizers import load_tokenizer  # noqa: E402
 
 # Conditions whose prefix has exactly Q tokens (Q = the query's token count).
 MATCHED = ["oracle", "random_tokens", "repeat_token", "scrambled_oracle", "unrelated_query",
@@ -44,7 +45,7 @@ def tokenizer(request):
 @pytest.fixture(scope="module")
 def samples() -> list[dict]:
     """Twelve tinyqa samples as the backends see them (partner queries included)."""
-    return [s.as_dict(sample_id=1000 + i) for i, s in enumerate(load_samples("tinyqa", n=12, seed=7))]
+    return [s.as_dict(sample_id=1000 + i) for i, s in enumerate(load_samples("tinyqa", n=12, seed=7, tokenizers=load_tokenizer))]
 
 
 def _condition(name: str) -> dict:

@@ -16,6 +16,7 @@ from synth import write_synthetic_data_dir  # noqa: E402
 from tracker import datasets as ds  # noqa: E402
 from tracker.errors import DatasetError  # noqa: E402
 from tracker.identity import content_hash  # noqa: E402
+from workers.tokenizers import load_tokenizer  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -32,7 +33,7 @@ def _rows(name: str, split: str = "validation") -> list[dict]:
 
 
 def _by_key(name: str, **kw) -> dict[str, ds.PreparedSample]:
-    return {s.source_key: s for s in ds.load_prepared(name, data_dir=FIXTURES, **kw)}
+    return {s.source_key: s for s in ds.load_prepared(name, data_dir=FIXTURES, **kw, tokenizers=load_tokenizer)}
 
 
 def test_ms_marco_maps_the_selected_passage_and_skips_unanswerable_rows():
@@ -81,7 +82,7 @@ def test_hotpot_qa_keeps_supporting_paragraphs_and_skips_yes_no():
 
 
 def test_neural_bridge_keys_rows_by_their_text():
-    got = ds.load_prepared("neural_bridge", data_dir=FIXTURES)
+    got = ds.load_prepared("neural_bridge", data_dir=FIXTURES, tokenizers=load_tokenizer)
     assert len(got) == 3
     raw = _rows("neural_bridge", "test")[0]
     key = content_hash([raw["context"], raw["question"]], 20)
@@ -90,7 +91,7 @@ def test_neural_bridge_keys_rows_by_their_text():
 
 
 def test_tinyqa_is_bundled_with_60_docs_of_80_to_200_tokens():
-    got = ds.load_prepared("tinyqa")
+    got = ds.load_prepared("tinyqa", tokenizers=load_tokenizer)
     assert len(got) == 60 and len({s.query for s in got}) == 60
     tok = smollm2_tokenizer()
     lengths = [len(tok(s.doc, add_special_tokens=False)["input_ids"]) for s in got]
@@ -104,25 +105,25 @@ def test_tinyqa_is_bundled_with_60_docs_of_80_to_200_tokens():
 @pytest.mark.parametrize("name", ["ms_marco", "squad_v2", "trivia_qa", "hotpot_qa", "neural_bridge"])
 def test_each_loader_samples_deterministically(name, tmp_path):
     root = write_synthetic_data_dir(tmp_path, 30, (name,))
-    first = [s.source_key for s in ds.load_samples(name, n=8, seed=42, data_dir=root)]
+    first = [s.source_key for s in ds.load_samples(name, n=8, seed=42, data_dir=root, tokenizers=load_tokenizer)]
     ds.clear_cache()
-    assert [s.source_key for s in ds.load_samples(name, n=8, seed=42, data_dir=root)] == first
+    assert [s.source_key for s in ds.load_samples(name, n=8, seed=42, data_dir=root, tokenizers=load_tokenizer)] == first
     assert len(set(first)) == 8
-    assert set(s.source_key for s in ds.load_samples(name, n=8, seed=7, data_dir=root)) != set(first)
+    assert set(s.source_key for s in ds.load_samples(name, n=8, seed=7, data_dir=root, tokenizers=load_tokenizer)) != set(first)
 
 
 def test_tinyqa_sampling_is_deterministic():
-    a = ds.load_samples("tinyqa", n=10, seed=1)
-    assert a == ds.load_samples("tinyqa", n=10, seed=1)
-    assert {s.source_key for s in ds.load_samples("tinyqa", n=10, seed=2)} != {s.source_key for s in a}
+    a = ds.load_samples("tinyqa", n=10, seed=1, tokenizers=load_tokenizer)
+    assert a == ds.load_samples("tinyqa", n=10, seed=1, tokenizers=load_tokenizer)
+    assert {s.source_key for s in ds.load_samples("tinyqa", n=10, seed=2, tokenizers=load_tokenizer)} != {s.source_key for s in a}
 
 
 def test_sampling_is_deterministic_per_seed_and_independent_of_file_order(tmp_path):
     root = write_synthetic_data_dir(tmp_path / "a", 50, ("squad_v2",))
-    first = [s.source_key for s in ds.load_samples("squad_v2", n=10, seed=42, data_dir=root)]
+    first = [s.source_key for s in ds.load_samples("squad_v2", n=10, seed=42, data_dir=root, tokenizers=load_tokenizer)]
     ds.clear_cache()
-    assert [s.source_key for s in ds.load_samples("squad_v2", n=10, seed=42, data_dir=root)] == first
-    other = [s.source_key for s in ds.load_samples("squad_v2", n=10, seed=43, data_dir=root)]
+    assert [s.source_key for s in ds.load_samples("squad_v2", n=10, seed=42, data_dir=root, tokenizers=load_tokenizer)] == first
+    other = [s.source_key for s in ds.load_samples("squad_v2", n=10, seed=43, data_dir=root, tokenizers=load_tokenizer)]
     assert set(other) != set(first)
     # the same rows in another order give the same samples and the same partners
     shuffled = tmp_path / "b" / "squad_v2" / "validation.jsonl"
@@ -130,27 +131,27 @@ def test_sampling_is_deterministic_per_seed_and_independent_of_file_order(tmp_pa
     lines = (root / "squad_v2" / "validation.jsonl").read_text().splitlines()
     random.Random(0).shuffle(lines)
     shuffled.write_text("\n".join(lines) + "\n")
-    again = ds.load_samples("squad_v2", n=10, seed=42, data_dir=tmp_path / "b")
+    again = ds.load_samples("squad_v2", n=10, seed=42, data_dir=tmp_path / "b", tokenizers=load_tokenizer)
     assert [s.source_key for s in again] == first
-    before = {s.source_key: s.meta for s in ds.load_samples("squad_v2", n=10, seed=42, data_dir=root)}
+    before = {s.source_key: s.meta for s in ds.load_samples("squad_v2", n=10, seed=42, data_dir=root, tokenizers=load_tokenizer)}
     assert {s.source_key: s.meta for s in again} == before
 
 
 def test_limit_takes_the_first_samples_of_the_full_order(tmp_path):
     root = write_synthetic_data_dir(tmp_path, 40, ("ms_marco",))
-    full = ds.load_samples("ms_marco", n=30, seed=42, data_dir=root)
-    limited = ds.load_samples("ms_marco", n=30, seed=42, data_dir=root, limit=7)
+    full = ds.load_samples("ms_marco", n=30, seed=42, data_dir=root, tokenizers=load_tokenizer)
+    limited = ds.load_samples("ms_marco", n=30, seed=42, data_dir=root, limit=7, tokenizers=load_tokenizer)
     assert limited == full[:7]
     with pytest.raises(DatasetError, match="40 usable rows"):
-        ds.load_samples("ms_marco", n=41, seed=42, data_dir=root)
+        ds.load_samples("ms_marco", n=41, seed=42, data_dir=root, tokenizers=load_tokenizer)
 
 
 def test_partners_are_fixed_by_the_whole_dataset_not_by_seed_or_n(tmp_path):
     root = write_synthetic_data_dir(tmp_path, 40, ("hotpot_qa",))
-    a = {s.source_key: s.meta["unrelated_source_key"] for s in ds.load_samples("hotpot_qa", n=5, seed=1, data_dir=root)}
-    b = {s.source_key: s.meta["unrelated_source_key"] for s in ds.load_samples("hotpot_qa", n=40, seed=9, data_dir=root)}
+    a = {s.source_key: s.meta["unrelated_source_key"] for s in ds.load_samples("hotpot_qa", n=5, seed=1, data_dir=root, tokenizers=load_tokenizer)}
+    b = {s.source_key: s.meta["unrelated_source_key"] for s in ds.load_samples("hotpot_qa", n=40, seed=9, data_dir=root, tokenizers=load_tokenizer)}
     assert all(b[k] == v for k, v in a.items())
-    everything = {s.source_key: s for s in ds.load_prepared("hotpot_qa", data_dir=root)}
+    everything = {s.source_key: s for s in ds.load_prepared("hotpot_qa", data_dir=root, tokenizers=load_tokenizer)}
     for key, partner in b.items():
         assert partner != key and partner in everything
         assert everything[key].meta["unrelated_query"] == everything[partner].query != everything[key].query
@@ -163,27 +164,27 @@ def test_parquet_in_the_hub_layout_reads_like_jsonl(tmp_path):
     target = tmp_path / "microsoft" / "ms_marco" / "v1.1" / "validation-00000-of-00001.parquet"
     target.parent.mkdir(parents=True)
     pq.write_table(pa.Table.from_pylist(_rows("ms_marco")), target)
-    from_parquet = ds.load_prepared("ms_marco", data_dir=tmp_path)
-    assert from_parquet == ds.load_prepared("ms_marco", data_dir=FIXTURES)
+    from_parquet = ds.load_prepared("ms_marco", data_dir=tmp_path, tokenizers=load_tokenizer)
+    assert from_parquet == ds.load_prepared("ms_marco", data_dir=FIXTURES, tokenizers=load_tokenizer)
 
 
 def test_data_dir_from_the_environment(monkeypatch):
     monkeypatch.setenv(ds.ENV_DATA_DIR, str(FIXTURES))
-    assert len(ds.load_prepared("squad_v2")) == 6
+    assert len(ds.load_prepared("squad_v2", tokenizers=load_tokenizer)) == 6
 
 
 def test_offline_without_a_local_copy_names_data_dir(monkeypatch, tmp_path):
-    monkeypatch.setattr(ds, "_hub_reachable", lambda timeout=3.0: False)
+    monkeypatch.setattr(ds, "hub_reachable", lambda timeout=3.0: False)
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
     with pytest.raises(DatasetError) as err:
-        ds.load_samples("squad_v2", n=3)
+        ds.load_samples("squad_v2", n=3, tokenizers=load_tokenizer)
     assert "--data-dir" in str(err.value) and "rajpurkar/squad_v2" in str(err.value)
     with pytest.raises(DatasetError) as err:
-        ds.load_samples("trivia_qa", n=3, data_dir=tmp_path)
+        ds.load_samples("trivia_qa", n=3, data_dir=tmp_path, tokenizers=load_tokenizer)
     assert "--data-dir" in str(err.value) and str(tmp_path) in str(err.value)
 
 
 def test_unknown_dataset():
     with pytest.raises(DatasetError, match="known datasets"):
-        ds.load_prepared("imagenet")
+        ds.load_prepared("imagenet", tokenizers=load_tokenizer)

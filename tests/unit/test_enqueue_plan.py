@@ -22,19 +22,20 @@ from tracker.cli import cli  # noqa: E402
 from tracker.conditions import build_prefix_ids  # noqa: E402
 from tracker.datasets import clear_cache, load_samples  # noqa: E402
 from tracker.db import get_engine, session_scope  # noqa: E402
-from tracker.enqueue import enqueue  # noqa: E402
-from tracker.models import (  # noqa: E402
+from tracker.db.schema import (  # noqa: E402
     Condition,
     ExperimentRun,
     Job,
     JobDependency,
     JobKind,
     JobStatus,
-    Model,
+    ModelRow,
     RunJob,
     Sample,
 )
+from tracker.planning import enqueue  # noqa: E402
 from tracker.specs import load_spec, parse_spec  # noqa: E402
+from workers.tokenizers import load_tokenizer  # noqa: E402
 
 FAKE = ["test-fake"]
 LLM = ["llm_extract", "llm_question", "llm_summarize", "paraphrase", "same_topic"]
@@ -60,7 +61,7 @@ def _count(url: str, *where) -> int:
 
 def test_exp02_full_size_dry_run_then_enqueue_then_idempotent(db_url, data400):
     before = table_counts(db_url)
-    dry = enqueue("exp02", db=db_url, data_dir=data400, dry_run=True)
+    dry = enqueue("exp02", db=db_url, data_dir=data400, dry_run=True, tokenizers=load_tokenizer)
     assert table_counts(db_url) == before  # the dry run wrote nothing
     st = dry.stage(1)
     assert (st.score.created, st.score.reused, st.score.skipped) == (5_200, 0, 0)
@@ -68,7 +69,7 @@ def test_exp02_full_size_dry_run_then_enqueue_then_idempotent(db_url, data400):
     assert dry.cost.score_forward_passes == 2 * 5_200 and dry.cost.score_batched_passes == 2 * 400
     assert dry.cost.generate_forward_passes == 2_000 * (1 + 64)
 
-    real = enqueue("exp02", db=db_url, data_dir=data400)
+    real = enqueue("exp02", db=db_url, data_dir=data400, tokenizers=load_tokenizer)
     st = real.stage(1)
     assert (st.score.created, st.generate.created) == (5_200, 2_000)
     assert real.cost == dry.cost
@@ -89,11 +90,11 @@ def test_exp02_full_size_dry_run_then_enqueue_then_idempotent(db_url, data400):
             assert gen.kind == JobKind.generate and gen.sample_id == job.sample_id
             assert job.payload["surrogate"] == {"kind": gen.payload["kind"], "prompt_hash": gen.payload["prompt_hash"],
                                                 "generator_model_id": gen.model_id}
-        model = s.scalar(select(Model))
+        model = s.scalar(select(ModelRow))
         assert (model.name, model.dtype, model.attn_implementation) == ("google/gemma-3-12b-it", "bfloat16", "sdpa")
 
     counts = table_counts(db_url)
-    again = enqueue("exp02", db=db_url, data_dir=data400)
+    again = enqueue("exp02", db=db_url, data_dir=data400, tokenizers=load_tokenizer)
     st = again.stage(1)
     assert (st.score.created, st.score.reused, st.score.skipped) == (0, 0, 5_200)
     assert (st.generate.created, st.generate.skipped) == (0, 2_000)
@@ -102,10 +103,10 @@ def test_exp02_full_size_dry_run_then_enqueue_then_idempotent(db_url, data400):
 
 
 def test_exp03_after_exp02_full_size(db_url, data400):
-    enqueue("exp02", db=db_url, data_dir=data400)
+    enqueue("exp02", db=db_url, data_dir=data400, tokenizers=load_tokenizer)
     jobs_before = _count(db_url, Job.kind == JobKind.score)
-    dry = enqueue("exp03", db=db_url, data_dir=data400, dry_run=True)
-    real = enqueue("exp03", db=db_url, data_dir=data400)
+    dry = enqueue("exp03", db=db_url, data_dir=data400, dry_run=True, tokenizers=load_tokenizer)
+    real = enqueue("exp03", db=db_url, data_dir=data400, tokenizers=load_tokenizer)
     for report in (dry, real):
         s1, s2 = report.stage(1), report.stage(2)
         assert s1.by_dataset["ms_marco"].created == 0 and s1.by_dataset["ms_marco"].reused == 400
@@ -125,22 +126,22 @@ def test_exp03_after_exp02_full_size(db_url, data400):
         deps = s.scalars(select(JobDependency.depends_on_id).where(JobDependency.job_id == job.id)).all()
         assert len(deps) == 400
         assert {c["condition"] for c in job.payload["jobs"]} == set(load_spec("exp03").stages[1].conditions)
-    again = enqueue("exp03", db=db_url, data_dir=data400)
+    again = enqueue("exp03", db=db_url, data_dir=data400, tokenizers=load_tokenizer)
     assert again.stage(1).score.skipped == 1_600 and again.stage(2).select.skipped == 4
 
 
 def test_exp01_and_demo_exact_counts(db_url, data400):
-    exp01 = enqueue("exp01", db=db_url, data_dir=data400, dry_run=True)
+    exp01 = enqueue("exp01", db=db_url, data_dir=data400, dry_run=True, tokenizers=load_tokenizer)
     assert exp01.stage(1).score.created == 400 * 9 and exp01.stage(1).generate.created == 0
-    demo = enqueue("demo", db=db_url)
+    demo = enqueue("demo", db=db_url, tokenizers=load_tokenizer)
     assert (demo.stage(1).score.created, demo.stage(1).generate.created) == (60 * 9, 60)
     with session_scope(get_engine(db_url)) as s:
         gens = s.scalars(select(Job).where(Job.kind == JobKind.generate)).all()
         assert {g.payload["max_new_tokens"] for g in gens} == {24}
-        model = s.get(Model, gens[0].model_id)
+        model = s.get(ModelRow, gens[0].model_id)
         assert (model.name, model.dtype) == ("smollm2-135m", "float32")
         assert model.revision.startswith("gguf-sha256:")
-    exp01_full = enqueue("exp01", db=db_url, data_dir=data400)
+    exp01_full = enqueue("exp01", db=db_url, data_dir=data400, tokenizers=load_tokenizer)
     with session_scope(get_engine(db_url)) as s:
         full_jobs = s.scalars(select(Job.mode).where(Job.kind == JobKind.score,
                                                      Job.condition_id.in_(select(Condition.id).where(
@@ -178,9 +179,9 @@ def _llm(name: str, **params):
     (lambda s: s["datasets"][0].update(recipe={"doc_max_words": 12}), {}, 39, 15),
 ])
 def test_changed_definitions_make_new_jobs(change, options, new_scores, new_gens, db_url, tmp_path, data400):
-    base = enqueue(_spec_file(tmp_path, "base"), db=db_url, data_dir=data400, limit=3)
+    base = enqueue(_spec_file(tmp_path, "base"), db=db_url, data_dir=data400, limit=3, tokenizers=load_tokenizer)
     assert (base.stage(1).score.created, base.stage(1).generate.created) == (39, 15)
-    changed = enqueue(_spec_file(tmp_path, "changed", change), db=db_url, data_dir=data400, limit=3, **options)
+    changed = enqueue(_spec_file(tmp_path, "changed", change), db=db_url, data_dir=data400, limit=3, **options, tokenizers=load_tokenizer)
     st = changed.stage(1)
     assert (st.score.created, st.generate.created) == (new_scores, new_gens)
     assert st.score.created + st.score.reused == 39  # the unchanged rest is reused, never duplicated
@@ -188,8 +189,8 @@ def test_changed_definitions_make_new_jobs(change, options, new_scores, new_gens
 
 def test_limit_run_and_full_run_share_jobs_with_identical_prefixes(db_url, tmp_path, data400):
     path = _spec_file(tmp_path, "share", n=8)
-    small = enqueue(path, db=db_url, data_dir=data400, limit=3)
-    full = enqueue(path, db=db_url, data_dir=data400)
+    small = enqueue(path, db=db_url, data_dir=data400, limit=3, tokenizers=load_tokenizer)
+    full = enqueue(path, db=db_url, data_dir=data400, tokenizers=load_tokenizer)
     assert small.run_id != full.run_id
     assert (full.stage(1).score.reused, full.stage(1).score.created) == (3 * 13, 5 * 13)
     assert (full.stage(1).generate.reused, full.stage(1).generate.created) == (3 * 5, 5 * 5)
@@ -201,9 +202,9 @@ def test_limit_run_and_full_run_share_jobs_with_identical_prefixes(db_url, tmp_p
         assert overrides[small.run_id] == {"limit": 3} and overrides[full.run_id] == {}
     # the prefix of a shared sample is the same whichever run made it
     spec = load_spec(path)
-    limited = load_samples("squad_v2", n=8, seed=42, data_dir=data400, limit=3)
+    limited = load_samples("squad_v2", n=8, seed=42, data_dir=data400, limit=3, tokenizers=load_tokenizer)
     clear_cache()
-    whole = load_samples("squad_v2", n=8, seed=42, data_dir=data400)
+    whole = load_samples("squad_v2", n=8, seed=42, data_dir=data400, tokenizers=load_tokenizer)
     tok = tiny_tokenizer()
     for a, b in zip(limited, whole[:3]):
         assert a == b
@@ -240,8 +241,8 @@ def test_staged_specs_need_one_model(sqlite_url, data400):
     from tracker.errors import SpecError
 
     with pytest.raises(SpecError, match="one scoring model"):
-        enqueue("exp03", db=sqlite_url, data_dir=data400, models=["test-fake", "tiny-random-llama"], limit=2)
+        enqueue("exp03", db=sqlite_url, data_dir=data400, models=["test-fake", "tiny-random-llama"], limit=2, tokenizers=load_tokenizer)
     spec = parse_spec({"name": "two", "models": ["test-fake", "tiny-random-llama"], "device": "cpu",
                        "datasets": [{"name": "squad_v2", "n": 2}], "conditions": ["bare", "oracle"]})
-    report = enqueue(spec, db=sqlite_url, data_dir=data400)
+    report = enqueue(spec, db=sqlite_url, data_dir=data400, tokenizers=load_tokenizer)
     assert report.stage(1).score.created == 2 * 2 * 2

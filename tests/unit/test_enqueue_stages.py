@@ -20,13 +20,12 @@ from synth import write_synthetic_data_dir  # noqa: E402
 from tracker import queue  # noqa: E402
 from tracker.datasets import clear_cache  # noqa: E402
 from tracker.db import get_engine, session_scope  # noqa: E402
-from tracker.enqueue import enqueue  # noqa: E402
-from tracker.models import (  # noqa: E402
+from tracker.db.schema import (  # noqa: E402
     Condition,
     Job,
     JobKind,
     JobStatus,
-    Model,
+    ModelRow,
     RunJob,
     Sample,
     Score,
@@ -34,7 +33,9 @@ from tracker.models import (  # noqa: E402
     SelectionMember,
     Surrogate,
 )
-from tracker.stages import perform_selection, rank_hardest  # noqa: E402
+from tracker.planning import enqueue  # noqa: E402
+from tracker.planning.stages import perform_selection, rank_hardest  # noqa: E402
+from workers.tokenizers import load_tokenizer  # noqa: E402
 
 N = 10
 DATASETS = ("ms_marco", "squad_v2", "trivia_qa", "hotpot_qa")
@@ -53,7 +54,7 @@ def _fresh_dataset_cache():
 
 
 def _enqueue(url: str, exp: str, data_dir: str, **kw):
-    return enqueue(exp, db=url, data_dir=data_dir, models=["test-fake"], limit=N, device="cpu", **kw)
+    return enqueue(exp, db=url, data_dir=data_dir, models=["test-fake"], limit=N, device="cpu", **kw, tokenizers=load_tokenizer)
 
 
 def _score_jobs_by_dataset(session) -> dict[str, int]:
@@ -130,7 +131,7 @@ def test_a_surrogate_dependent_job_is_not_claimable_before_its_surrogate_exists(
     _enqueue(db_url, "exp02", data_dir, dry_run=False)
     engine = get_engine(db_url)
     with session_scope(engine) as s:
-        model_id = s.scalar(select(Model.id).where(Model.name == "test-fake"))
+        model_id = s.scalar(select(ModelRow.id).where(ModelRow.name == "test-fake"))
         llm_ids = {j.id for j in s.scalars(select(Job).where(Job.kind == JobKind.score)) if "surrogate" in j.payload}
     assert len(llm_ids) == N * 5
     # claim everything claimable, completing nothing: no LLM-surrogate job comes out
@@ -160,7 +161,7 @@ def test_perform_selection_is_idempotent_and_ranks_ties_by_sample_id(db_url, dat
     assert len(rank_hardest([(i, i, float(i)) for i in range(11)], 0.4)) == 5  # ceil(4.4)
 
     spec_kw = dict(data_dir=data_dir, models=["test-fake"], limit=N, device="cpu")
-    report = enqueue("exp03", db=db_url, **spec_kw)
+    report = enqueue("exp03", db=db_url, **spec_kw, tokenizers=load_tokenizer)
     drain(db_url)
     engine = get_engine(db_url)
     with session_scope(engine) as s:
@@ -183,7 +184,7 @@ def test_a_failed_generation_fails_its_dependants_visibly(sqlite_url, data_dir):
             raise RuntimeError("the generator broke")
 
     spec_kw = dict(data_dir=data_dir, models=["test-fake"], limit=2, device="cpu")
-    enqueue("exp02", db=sqlite_url, **spec_kw)
+    enqueue("exp02", db=sqlite_url, **spec_kw, tokenizers=load_tokenizer)
     options = WorkerOptions(device="cpu", model="test-fake", batch_size=64, exit_when_empty=True, poll_seconds=0.01)
     QueueWorker(get_engine(sqlite_url), options, lambda name, device, dtype: GenerationFails()).run()
     with session_scope(get_engine(sqlite_url)) as s:

@@ -7,11 +7,10 @@ from alembic.migration import MigrationContext
 from click.testing import CliRunner
 from sqlalchemy import inspect, text
 
-from tracker import migrate
 from tracker.cli import cli
-from tracker.db import create_tracker_engine, get_engine
+from tracker.db import create_tracker_engine, get_engine, migrate
+from tracker.db.schema import Base
 from tracker.errors import SchemaOutOfDate
-from tracker.models import Base
 
 OUR_TABLES = set(Base.metadata.tables)
 

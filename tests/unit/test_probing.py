@@ -7,7 +7,13 @@ import pytest
 import torch
 from transformers.modeling_outputs import BaseModelOutput
 
-from workers.scoring.encdec import build_layout, decoder_start_id, parse_mode, random_query_ids, score_layouts
+from workers.scoring.encdec import (
+    build_layout,
+    decoder_start_id,
+    parse_mode,
+    random_query_ids,
+    score_layouts,
+)
 from workers.scoring.probing import MERGED_TARGETS, SEPARATE_TARGETS, attention_masses
 from workers.tiny import get_tiny
 

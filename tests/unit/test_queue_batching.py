@@ -1,7 +1,7 @@
 """How a claimed batch is cut into backend calls: scoring groups per sample, generations pooled per model."""
 from __future__ import annotations
 
-from tracker.models import JobKind
+from tracker.db.schema import JobKind
 from tracker.queue import ClaimedJob, group_jobs
 
 

@@ -5,12 +5,12 @@ import json
 import socket
 
 from click.testing import CliRunner
-
 from queue_fixtures import add_dependency, job_rows, make_jobs, status_counts
+
 from tracker import queue
 from tracker.cli import cli
 from tracker.db import get_engine
-from tracker.models import JobStatus
+from tracker.db.schema import JobStatus
 
 
 def _run(url: str, *args: str):

@@ -5,13 +5,29 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
+from queue_fixtures import (
+    add_dependency,
+    job_rows,
+    make_generate_job,
+    make_jobs,
+    set_status,
+    status_counts,
+)
 from sqlalchemy import func, select, update
 
-from queue_fixtures import add_dependency, job_rows, make_generate_job, make_jobs, set_status, status_counts
 from tracker import queue
-from tracker.db import get_engine, session_scope
-from tracker.models import AttentionShare, Job, JobStatus, Sample, Score, Surrogate, TokenNLL
-from tracker.tasks import build_tasks
+from tracker.db import clock, get_engine, session_scope
+from tracker.db.schema import (
+    AttentionShare,
+    Job,
+    JobStatus,
+    Sample,
+    Score,
+    Surrogate,
+    TokenNLL,
+    WorkerRow,
+)
+from tracker.queue.tasks import build_tasks
 from workers.backends.base import GenerateResult, ScoreTask
 from workers.backends.fake import FakeBackend, fake_score
 
@@ -19,7 +35,7 @@ from workers.backends.fake import FakeBackend, fake_score
 def _expire(engine, job_ids) -> None:
     """Move leases into the past (database-side) as if time had passed."""
     with session_scope(engine) as s:
-        past = queue.db_now(s.get_bind().dialect.name, -5.0)
+        past = clock.db_now(s.get_bind().dialect.name, -5.0)
         s.execute(update(Job).where(Job.id.in_(list(job_ids))).values(lease_expires_at=past))
 
 
@@ -41,8 +57,8 @@ def test_claim_takes_whole_groups_in_order(db_url):
     assert {i for i, r in rows.items() if r.status == JobStatus.running} == set(first_two)
     assert all(rows[i].attempts == 1 and rows[i].lease_token == claimed[0].lease_token for i in first_two)
     with session_scope(engine) as s:
-        now = queue.current_db_time(s)
-    expires = queue._as_utc(rows[first_two[0]].lease_expires_at)
+        now = clock.current_db_time(s)
+    expires = clock.as_utc(rows[first_two[0]].lease_expires_at)
     assert timedelta(seconds=25) < expires - now <= timedelta(seconds=30)
     rest = queue.claim_batch(engine, None, fx.model_id, 10, lease_seconds=30)
     assert [j.id for j in rest] == fx.job_ids[8:]
@@ -279,8 +295,8 @@ def test_workers_registry_states(db_url):
     c = queue.register_worker(engine, name="c", host="h2", pid=3, device="cpu", versions={"lease_seconds": 30})
     queue.mark_worker_stopped(engine, c)
     with session_scope(engine) as s:
-        s.execute(update(queue.Worker).where(queue.Worker.id == b).values(
-            heartbeat_at=queue.db_now(s.get_bind().dialect.name, -120)))
+        s.execute(update(WorkerRow).where(WorkerRow.id == b).values(
+            heartbeat_at=clock.db_now(s.get_bind().dialect.name, -120)))
     states = {w["id"]: w["state"] for w in queue.list_workers(engine)}
     assert states == {a: "running", b: "lost", c: "stopped"}
     assert [w["id"] for w in queue.list_workers(engine, live_only=True)] == [a]

@@ -3,25 +3,34 @@ from __future__ import annotations
 
 import signal
 import socket
-import sys
-import types
 
 import pytest
+from queue_fixtures import (
+    QueueWith,
+    add_dependency,
+    job_rows,
+    make_generate_job,
+    make_jobs,
+    score_summary,
+    status_counts,
+    workers,
+)
 from sqlalchemy import select, update
 
-from queue_fixtures import add_dependency, job_rows, make_generate_job, make_jobs, score_summary, status_counts, workers
 from tracker import queue
-from tracker.db import get_engine, session_scope
+from tracker.db import clock, get_engine, session_scope
+from tracker.db.schema import Job, JobKind, JobStatus, Sample, Score, Surrogate
 from tracker.errors import ConfigError, DatabaseUnavailable, DeviceError
-from tracker.models import Job, JobKind, JobStatus, Sample, Score, Surrogate
 from workers.backends.base import ScoreTask
 from workers.backends.fake import FakeBackend, fake_score
-from workers.worker import QueueWorker, WorkerOptions, resolve_device
+from workers.devices import available_device as resolve_device
+from workers.worker import QueueWorker, WorkerOptions
 
 
-def _worker(engine, backend: FakeBackend, **options) -> QueueWorker:
+def _worker(engine, backend: FakeBackend, queue_ops=queue, selection=None, **options) -> QueueWorker:
     opts = WorkerOptions(model="test-fake", exit_when_empty=True, poll_seconds=0.05, lease_seconds=30, **options)
-    return QueueWorker(engine, opts, backend_loader=lambda name, device, dtype: backend)
+    extra = {"selection": selection} if selection else {}
+    return QueueWorker(engine, opts, backend_loader=lambda name, device, dtype: backend, queue_ops=queue_ops, **extra)
 
 
 def test_worker_drains_the_queue_with_exact_results(db_url):
@@ -74,7 +83,7 @@ def test_a_reclaimed_batch_is_not_written_by_the_old_holder(sqlite_url):
     class StolenWhileScoring(FakeBackend):
         def score(self, tasks):
             with session_scope(engine) as s:  # our lease runs out and another worker takes the jobs
-                s.execute(update(Job).values(lease_expires_at=queue.db_now("sqlite", -1)))
+                s.execute(update(Job).values(lease_expires_at=clock.db_now("sqlite", -1)))
             stolen = queue.claim_batch(engine, thief, fx.model_id, 10, 30)
             queue.complete_scores(engine, stolen[0].lease_token, FakeBackend().score(
                 [t for t in tasks]), worker_id=thief)
@@ -130,9 +139,8 @@ def test_results_in_hand_survive_a_database_outage(sqlite_url, monkeypatch):
             raise DatabaseUnavailable("The database does not answer: server closed the connection")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(queue, "complete_scores", flaky)
     backend = FakeBackend()
-    assert _worker(engine, backend).run() == 6
+    assert _worker(engine, backend, queue_ops=QueueWith(complete_scores=flaky)).run() == 6
     assert backend.calls == 6 and score_summary(engine)[:2] == (6, 6)
 
 
@@ -224,8 +232,7 @@ def test_select_jobs_run_perform_selection_in_the_completing_transaction(sqlite_
         calls.append((job.id, [r.status for r in session.execute(select(Job).where(Job.id.in_(fx.job_ids))).scalars()]))
         session.execute(update(Job).where(Job.id == stage2).values(priority=99))  # a write that must commit with it
 
-    monkeypatch.setitem(sys.modules, "tracker.stages", types.SimpleNamespace(perform_selection=perform_selection))
-    assert _worker(engine, FakeBackend()).run() == 4
+    assert _worker(engine, FakeBackend(), selection=lambda s, job_id: perform_selection(s, s.get(Job, job_id))).run() == 4
     assert calls == [(select_id, [JobStatus.done, JobStatus.done])]  # ran once, after its dependencies
     rows = job_rows(engine)
     assert rows[select_id].status == rows[stage2].status == JobStatus.done and rows[stage2].priority == 99
@@ -240,8 +247,7 @@ def test_a_failing_selection_is_retried_then_failed_with_its_traceback(sqlite_ur
         session.execute(update(Job).where(Job.id == fx.job_ids[0]).values(priority=77))  # rolled back
         raise ValueError("no usable selecting score")
 
-    monkeypatch.setitem(sys.modules, "tracker.stages", types.SimpleNamespace(perform_selection=perform_selection))
-    _worker(engine, FakeBackend()).run()
+    _worker(engine, FakeBackend(), selection=lambda s, job_id: perform_selection(s, s.get(Job, job_id))).run()
     rows = job_rows(engine)
     assert rows[select_id].status == JobStatus.failed and rows[select_id].attempts == 2
     assert rows[select_id].error_type == "ValueError" and "no usable selecting score" in rows[select_id].error_traceback

@@ -6,25 +6,20 @@ import json
 import pytest
 import torch
 
+from tracker.catalogue import CATALOGUE as REGISTRY
+from tracker.catalogue import resolve_model
+from tracker.catalogue.modes import DECODER_MODES
 from tracker.conditions import build_prefix_ids
 from tracker.errors import ConfigError, DeviceError, EmptyAnswerError, UnknownModelError
 from workers.backends import GenerateTask, ScoreTask, backend_class, get_backend
 from workers.backends.decoder import DecoderBackend
-from workers.modes import DECODER_MODES
-from workers.registry import (
-    DECODER_BACKEND,
-    ENCDEC_BACKEND,
-    FAKE_BACKEND,
-    REGISTRY,
-    resolve_device,
-    resolve_dtype,
-    resolve_model,
-)
+from workers.backends.encdec import EncDecBackend
+from workers.backends.fake import FakeBackend
+from workers.devices import torch_device as resolve_device
+from workers.devices import torch_dtype as resolve_dtype
 from workers.scoring import SCORER_VERSION
 from workers.scoring.decoder import ScoringRow, score_rows
 from workers.tiny import build_tiny
-
-
 
 SAMPLE = {
     "id": 7, "dataset": "tinyqa", "source_key": "k7", "meta": {"unrelated_query": "Who wrote Hamlet?"},
@@ -51,14 +46,14 @@ def tiny_backend() -> DecoderBackend:
 def test_registry_knows_the_seed_models_and_their_families():
     for name in ["google/gemma-3-12b-it", "google/gemma-3-4b-it", "smollm2-135m", "tiny-random-llama",
                  "tiny-random-gemma3", "tiny-random-gemma3-mm"]:
-        assert REGISTRY[name].family == "decoder" and REGISTRY[name].backend == DECODER_BACKEND
+        assert REGISTRY[name].family == "decoder" and backend_class(REGISTRY[name]) is DecoderBackend
         assert REGISTRY[name].modes == DECODER_MODES
     for name in ["google/t5gemma-2-4b-4b", "google/flan-t5-base", "google/flan-t5-large", "google/flan-t5-xl",
                  "facebook/bart-large", "t5-small", "t5-base", "t5-large", "t5-3b", "tiny-random-t5",
                  "tiny-random-bart", "tiny-random-t5gemma"]:
-        assert REGISTRY[name].family == "encdec" and REGISTRY[name].backend == ENCDEC_BACKEND
+        assert REGISTRY[name].family == "encdec" and backend_class(REGISTRY[name]) is EncDecBackend
         assert "encdec_q" in REGISTRY[name].modes and "two_phase" not in REGISTRY[name].modes
-    assert REGISTRY["test-fake"].backend == FAKE_BACKEND
+    assert backend_class(REGISTRY["test-fake"]) is FakeBackend
 
 
 def test_unknown_model_lists_the_known_names():
@@ -79,10 +74,10 @@ def test_local_folder_is_resolved_by_its_config(tmp_path):
     model.save_pretrained(tmp_path / "llama")
     tokenizer.save_pretrained(tmp_path / "llama")
     spec = resolve_model(str(tmp_path / "llama"))
-    assert (spec.family, spec.source, spec.backend) == ("decoder", "local", DECODER_BACKEND)
+    assert (spec.family, spec.source, backend_class(spec)) == ("decoder", "local", DecoderBackend)
     (tmp_path / "t5").mkdir()
     (tmp_path / "t5" / "config.json").write_text(json.dumps({"model_type": "t5", "is_encoder_decoder": True}))
-    assert resolve_model(str(tmp_path / "t5")).backend == ENCDEC_BACKEND
+    assert backend_class(resolve_model(str(tmp_path / "t5"))) is EncDecBackend
     (tmp_path / "empty").mkdir()
     with pytest.raises(UnknownModelError, match="config.json"):
         resolve_model(str(tmp_path / "empty"))

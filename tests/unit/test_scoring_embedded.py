@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 import workers.embedded as embedded
+from tracker import settings
 
 
 def fake_convert(calls_file: Path, delay: float = 0.5):
@@ -27,7 +28,7 @@ def fake_convert(calls_file: Path, delay: float = 0.5):
 def _convert_in_child(cache_dir: str, calls_file: str, out: str) -> None:
     import os
 
-    os.environ[embedded.ENV_CACHE_DIR] = cache_dir
+    os.environ[settings.ENV_CACHE_DIR] = cache_dir
     embedded._convert_into = fake_convert(Path(calls_file))
     Path(out).write_text(str(embedded.ensure_converted()))
 
@@ -54,7 +55,7 @@ def test_two_processes_converting_at_once_convert_once(tmp_path, monkeypatch):
 
 
 def test_a_failed_conversion_leaves_nothing_behind_and_is_retried(tmp_path, monkeypatch):
-    monkeypatch.setenv(embedded.ENV_CACHE_DIR, str(tmp_path))
+    monkeypatch.setenv(settings.ENV_CACHE_DIR, str(tmp_path))
 
     def broken(target: Path, source: Path) -> None:
         (target / "config.json").write_text("{}")
@@ -75,6 +76,6 @@ def test_a_failed_conversion_leaves_nothing_behind_and_is_retried(tmp_path, monk
 
 
 def test_cache_dir_defaults_to_the_user_cache(monkeypatch):
-    monkeypatch.delenv(embedded.ENV_CACHE_DIR, raising=False)
-    assert embedded.cache_root() == Path.home() / ".cache" / "tracker" / "models"
+    monkeypatch.delenv(settings.ENV_CACHE_DIR, raising=False)
+    assert settings.model_cache_dir() == Path.home() / ".cache" / "tracker" / "models"
     assert embedded.gguf_path().name == "SmolLM2-135M-Instruct.Q4_1.gguf"

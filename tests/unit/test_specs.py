@@ -14,9 +14,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "fixtures" / "datas
 from support import FIXTURES, table_counts  # noqa: E402
 
 from tracker.cli import cli  # noqa: E402
-from tracker.enqueue import enqueue  # noqa: E402
 from tracker.errors import SpecError, UnknownExperimentError, UnknownModelError  # noqa: E402
+from tracker.planning import enqueue  # noqa: E402
 from tracker.specs import list_specs, load_spec, parse_spec, spec_names  # noqa: E402
+from workers.tokenizers import load_tokenizer  # noqa: E402
 
 EXP02_CONDITIONS = ["bare", "random_tokens", "repeat_token", "scrambled_oracle", "unrelated_query", "same_topic",
                     "paraphrase", "oracle", "llm_extract", "llm_question", "llm_summarize", "extractor_matched",
@@ -142,15 +143,15 @@ def test_unknown_models_are_refused_before_anything_is_written(db_url, tmp_path)
     before = table_counts(db_url)
     spec = parse_spec(_bad(lambda s: s.update(models=["test-fake", "gpt-17"])))
     with pytest.raises(SpecError, match=r"`models\[1\]`.*gpt-17"):
-        enqueue(spec, db=db_url, data_dir=str(FIXTURES), device="cpu")
+        enqueue(spec, db=db_url, data_dir=str(FIXTURES), device="cpu", tokenizers=load_tokenizer)
     with pytest.raises(UnknownModelError, match="gpt-17"):
-        enqueue(parse_spec(GOOD), db=db_url, models=["gpt-17"], data_dir=str(FIXTURES), device="cpu")
+        enqueue(parse_spec(GOOD), db=db_url, models=["gpt-17"], data_dir=str(FIXTURES), device="cpu", tokenizers=load_tokenizer)
     gen = parse_spec(_bad(lambda s: s["conditions"][2]["params"].update(generator="gpt-17")))
     with pytest.raises(SpecError, match=r"`conditions\[2\].params.generator`"):
-        enqueue(gen, db=db_url, data_dir=str(FIXTURES), device="cpu")
+        enqueue(gen, db=db_url, data_dir=str(FIXTURES), device="cpu", tokenizers=load_tokenizer)
     wrong_mode = parse_spec(_bad(lambda s: s.update(mode="encdec_q")))
     with pytest.raises(SpecError, match="cannot score mode 'encdec_q'"):
-        enqueue(wrong_mode, db=db_url, models=["tiny-random-llama"], data_dir=str(FIXTURES), device="cpu")
+        enqueue(wrong_mode, db=db_url, models=["tiny-random-llama"], data_dir=str(FIXTURES), device="cpu", tokenizers=load_tokenizer)
     assert table_counts(db_url) == before
 
 

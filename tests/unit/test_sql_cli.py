@@ -9,7 +9,16 @@ from sqlalchemy import func, select, text
 
 from tracker.cli import cli
 from tracker.db import get_engine, is_sqlite, session_scope
-from tracker.models import Condition, Experiment, ExperimentRun, Job, Model, RunJob, Sample, Score
+from tracker.db.schema import (
+    Condition,
+    Experiment,
+    ExperimentRun,
+    Job,
+    ModelRow,
+    RunJob,
+    Sample,
+    Score,
+)
 
 
 def _fixture_rows(url: str) -> None:
@@ -19,7 +28,7 @@ def _fixture_rows(url: str) -> None:
         s.add(exp)
         s.flush()
         run = ExperimentRun(experiment_id=exp.id, spec_hash="h", overrides_key="", overrides={}, spec={})
-        model = Model(name="m1", source="x", family="llama", revision="r", dtype="float32", attn_implementation="sdpa")
+        model = ModelRow(name="m1", source="x", family="llama", revision="r", dtype="float32", attn_implementation="sdpa")
         samples = [Sample(dataset="ds", split="", source_key=f"k{i}", recipe_hash="r", recipe={}, doc="d", query="q",
                           answer="a", meta={}) for i in range(2)]
         conds = [Condition(name=n, kind=n, params={}, definition_hash="h") for n in ("bare", "oracle")]

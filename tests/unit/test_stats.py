@@ -8,7 +8,6 @@ import pytest
 
 from analysis import stats
 
-
 # ------------------------------------------------------------------ hand helpers
 
 def hand_sd(xs):

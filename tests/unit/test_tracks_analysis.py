@@ -25,8 +25,9 @@ from analysis.report import analyze_experiment  # noqa: E402
 from tracker.cli import cli  # noqa: E402
 from tracker.datasets import clear_cache  # noqa: E402
 from tracker.db import get_engine  # noqa: E402
-from tracker.enqueue import enqueue  # noqa: E402
+from tracker.planning import enqueue  # noqa: E402
 from tracker.specs import load_spec  # noqa: E402
+from workers.tokenizers import load_tokenizer  # noqa: E402
 
 N = 6
 
@@ -39,7 +40,7 @@ def data_dir(tmp_path_factory) -> str:
 
 def run(url: str, name: str, model: str, data_dir: str) -> None:
     clear_cache()
-    enqueue(name, db=url, models=[model], limit=N, data_dir=data_dir, device="cpu")
+    enqueue(name, db=url, models=[model], limit=N, data_dir=data_dir, device="cpu", tokenizers=load_tokenizer)
     drain(url, model=model)
 
 
@@ -153,7 +154,7 @@ def test_ed04_vocabulary_decomposition_and_ed06_answer_length_bins(sqlite_url, d
 def test_ed09_gives_d_dec_q_and_the_factorial_per_model(sqlite_url, data_dir):
     clear_cache()
     models = ["tiny-random-t5", "tiny-random-bart"]
-    enqueue("ed09", db=sqlite_url, models=models, limit=N, data_dir=data_dir, device="cpu")
+    enqueue("ed09", db=sqlite_url, models=models, limit=N, data_dir=data_dir, device="cpu", tokenizers=load_tokenizer)
     drain(sqlite_url, model=None)
     report = analyze_json(sqlite_url, "ed09")
     d_dec_q = [r for r in report["effects"] if r["table"] == "d_dec_q"]

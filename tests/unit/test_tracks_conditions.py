@@ -15,13 +15,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "fixtures" / "datas
 
 from support import FIXTURES, smollm2_tokenizer, tiny_tokenizer  # noqa: E402
 
-from tracker.conditions import CATALOGUE, build_prefix_ids, doc_keywords, encode, first_sentence  # noqa: E402
+from tracker.conditions import (  # noqa: E402
+    CATALOGUE,
+    build_prefix_ids,
+    doc_keywords,
+    encode,
+    first_sentence,
+)
 from tracker.datasets import clear_cache, load_prepared, load_samples  # noqa: E402
 from tracker.db import get_engine, session_scope  # noqa: E402
-from tracker.enqueue import enqueue  # noqa: E402
+from tracker.db.schema import Sample  # noqa: E402
 from tracker.errors import SpecError, TrackerError  # noqa: E402
-from tracker.models import Sample  # noqa: E402
+from tracker.planning import enqueue  # noqa: E402
 from tracker.specs import parse_spec  # noqa: E402
+from workers.tokenizers import load_tokenizer  # noqa: E402
 
 
 @pytest.fixture(scope="module", params=["tiny", "smollm2"])
@@ -31,12 +38,12 @@ def tokenizer(request):
 
 @pytest.fixture(scope="module")
 def samples() -> list[dict]:
-    return [s.as_dict(sample_id=i) for i, s in enumerate(load_samples("tinyqa", n=15, seed=11))]
+    return [s.as_dict(sample_id=i) for i, s in enumerate(load_samples("tinyqa", n=15, seed=11, tokenizers=load_tokenizer))]
 
 
 @pytest.fixture(scope="module")
 def docs_by_key() -> dict[str, str]:
-    return {s.source_key: s.doc for s in load_prepared("tinyqa")}
+    return {s.source_key: s.doc for s in load_prepared("tinyqa", tokenizers=load_tokenizer)}
 
 
 def build(name: str, sample: dict, tok) -> list[int]:
@@ -103,14 +110,14 @@ def test_enqueue_adds_the_partner_doc_to_samples_stored_without_it(sqlite_url):
     clear_cache()
     spec = parse_spec({"name": "wrong", "models": ["test-fake"], "mode": "encdec_q",
                        "datasets": [{"name": "ms_marco", "n": 3}], "conditions": ["bare", "wrong_kw10"]})
-    enqueue(spec, db=sqlite_url, data_dir=str(FIXTURES), device="cpu")
+    enqueue(spec, db=sqlite_url, data_dir=str(FIXTURES), device="cpu", tokenizers=load_tokenizer)
     engine = get_engine(sqlite_url)
     with session_scope(engine) as s:  # as an older version stored them: no unrelated_doc, plus a key of its own
         for sample in s.scalars(select(Sample)).all():
             meta = {k: v for k, v in sample.meta.items() if k != "unrelated_doc"}
             s.execute(update(Sample).where(Sample.id == sample.id).values(meta={**meta, "url": "kept"}))
-    enqueue(spec, db=sqlite_url, data_dir=str(FIXTURES), device="cpu")
-    prepared = {p.source_key: p for p in load_prepared("ms_marco", data_dir=str(FIXTURES))}
+    enqueue(spec, db=sqlite_url, data_dir=str(FIXTURES), device="cpu", tokenizers=load_tokenizer)
+    prepared = {p.source_key: p for p in load_prepared("ms_marco", data_dir=str(FIXTURES), tokenizers=load_tokenizer)}
     with session_scope(engine) as s:
         stored = s.scalars(select(Sample)).all()
         assert len(stored) == 3

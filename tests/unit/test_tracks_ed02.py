@@ -22,10 +22,11 @@ from support import drain, smollm2_tokenizer, tiny_tokenizer  # noqa: E402
 from tracker import datasets as ds  # noqa: E402
 from tracker.cli import cli  # noqa: E402
 from tracker.db import get_engine, session_scope  # noqa: E402
-from tracker.enqueue import enqueue  # noqa: E402
+from tracker.db.schema import Job, Sample, Score  # noqa: E402
 from tracker.errors import DatasetError, SpecError  # noqa: E402
-from tracker.models import Job, Sample, Score  # noqa: E402
+from tracker.planning import enqueue  # noqa: E402
 from tracker.specs import parse_spec  # noqa: E402
+from workers.tokenizers import load_tokenizer  # noqa: E402
 
 LEVELS = [98, 256, 512, 1024, 2048, 4096]
 ROWS = 600
@@ -72,7 +73,7 @@ def test_padded_docs_have_the_exact_token_lengths_and_keep_their_passage(data_di
     keys_per_level = []
     for level in LEVELS:
         recipe = {"pad_to_tokens": level, "max_doc_tokens": 98, "tokenizer": model}
-        samples = ds.load_samples("ms_marco", n=4, seed=42, recipe=recipe, data_dir=data_dir)
+        samples = ds.load_samples("ms_marco", n=4, seed=42, recipe=recipe, data_dir=data_dir, tokenizers=load_tokenizer)
         keys_per_level.append([s.source_key for s in samples])
         for s in samples:
             assert n_tokens(tok, s.doc) == level, (level, s.source_key)
@@ -90,9 +91,9 @@ def test_padded_docs_have_the_exact_token_lengths_and_keep_their_passage(data_di
 
 def test_padding_is_a_property_of_the_sample_not_of_n_or_seed(data_dir):
     recipe = {"pad_to_tokens": 512, "max_doc_tokens": 98, "tokenizer": "tiny-random-t5"}
-    few = {s.source_key: s.doc for s in ds.load_samples("ms_marco", n=20, seed=42, recipe=recipe, data_dir=data_dir)}
+    few = {s.source_key: s.doc for s in ds.load_samples("ms_marco", n=20, seed=42, recipe=recipe, data_dir=data_dir, tokenizers=load_tokenizer)}
     ds.clear_cache()
-    many = {s.source_key: s.doc for s in ds.load_samples("ms_marco", n=150, seed=3, recipe=recipe, data_dir=data_dir)}
+    many = {s.source_key: s.doc for s in ds.load_samples("ms_marco", n=150, seed=3, recipe=recipe, data_dir=data_dir, tokenizers=load_tokenizer)}
     shared = set(few) & set(many)
     assert len(many) == 150 and shared  # another seed and N share some samples ...
     assert {k: few[k] for k in shared} == {k: many[k] for k in shared}  # ... padded identically
@@ -101,7 +102,7 @@ def test_padding_is_a_property_of_the_sample_not_of_n_or_seed(data_dir):
 def test_max_doc_tokens_filters_rows_before_sampling(data_dir):
     tok = tiny_tokenizer()
     recipe = {"pad_to_tokens": 256, "max_doc_tokens": 36, "tokenizer": "tiny-random-t5"}
-    usable = ds.load_prepared("ms_marco", recipe=recipe, data_dir=data_dir)
+    usable = ds.load_prepared("ms_marco", recipe=recipe, data_dir=data_dir, tokenizers=load_tokenizer)
     lengths = [n_tokens(tok, f"Bridge {i} near {PLACES[i % len(PLACES)]} opened in {1000 + i}.") for i in range(ROWS)]
     assert len(usable) == sum(n <= 36 for n in lengths) and 0 < len(usable) < ROWS
 
@@ -118,15 +119,15 @@ def test_cut_to_tokens_finds_the_exact_length_under_bpe_merges():
 def test_too_few_passages_and_unreachable_hub_tokenizers_are_clear_errors(data_dir, tmp_path, monkeypatch):
     small = short_ms_marco(tmp_path / "few", n=10)
     with pytest.raises(DatasetError, match="too few to pad"):
-        ds.load_samples("ms_marco", n=2, recipe={"pad_to_tokens": 4096, "tokenizer": "tiny-random-t5"}, data_dir=small)
-    monkeypatch.setattr(ds, "_hub_reachable", lambda timeout=3.0: False)
+        ds.load_samples("ms_marco", n=2, recipe={"pad_to_tokens": 4096, "tokenizer": "tiny-random-t5"}, data_dir=small, tokenizers=load_tokenizer)
+    monkeypatch.setattr("workers.tokenizers.hub_reachable", lambda timeout=3.0: False)
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     with pytest.raises(DatasetError) as err:
         ds.load_samples("ms_marco", n=2, recipe={"pad_to_tokens": 256, "tokenizer": "google/t5gemma-2-4b-4b"},
-                        data_dir=data_dir)
+                        data_dir=data_dir, tokenizers=load_tokenizer)
     assert "google/t5gemma-2-4b-4b" in str(err.value) and "huggingface-cli download" in err.value.hint
     with pytest.raises(DatasetError, match="scoring"):
-        ds.load_tokenizer("scoring")
+        ds.recipe_tokenizer({"tokenizer": "scoring"}, load_tokenizer)
 
 
 def test_spec_checks_of_token_length_recipes(data_dir, sqlite_url):
@@ -135,7 +136,7 @@ def test_spec_checks_of_token_length_recipes(data_dir, sqlite_url):
     spec = parse_spec(base)
     assert spec.datasets[0].recipe == {"pad_to_tokens": 256, "tokenizer": "scoring"}
     with pytest.raises(SpecError, match=r"`datasets\[0\].recipe.tokenizer`.*one model"):
-        enqueue(spec, db=sqlite_url, data_dir=str(data_dir), device="cpu")
+        enqueue(spec, db=sqlite_url, data_dir=str(data_dir), device="cpu", tokenizers=load_tokenizer)
     bad = [({"pad_to_tokens": 256, "max_doc_tokens": 512}, "max_doc_tokens"),
            ({"tokenizer": "tiny-random-t5"}, "tokenizer"), ({"pad_to_tokens": 0}, "pad_to_tokens")]
     for recipe, field in bad:
@@ -149,7 +150,7 @@ def test_ed02_runs_on_tiny_t5_with_exact_doc_lengths_and_analyses_per_level(data
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        report = enqueue("ed02", db=sqlite_url, models=["tiny-random-t5"], limit=1, data_dir=str(data_dir), device="cpu")
+        report = enqueue("ed02", db=sqlite_url, models=["tiny-random-t5"], limit=1, data_dir=str(data_dir), device="cpu", tokenizers=load_tokenizer)
         assert report.stage(1).score.created == len(LEVELS) * 4
         drain(sqlite_url, model="tiny-random-t5")
     finally:

@@ -19,15 +19,16 @@ from support import FIXTURES, drain  # noqa: E402
 
 from tracker.datasets import clear_cache  # noqa: E402
 from tracker.db import get_engine, session_scope  # noqa: E402
-from tracker.enqueue import enqueue  # noqa: E402
-from tracker.models import Condition, Job, Sample, Score  # noqa: E402
-from tracker.stages import condition_definition, sample_dict  # noqa: E402
+from tracker.db.schema import Condition, Job, Sample, Score  # noqa: E402
+from tracker.planning import enqueue  # noqa: E402
+from tracker.planning.stages import condition_definition  # noqa: E402
 from workers.backends import ScoreTask, get_backend  # noqa: E402
 from workers.scoring.decoder import ScoringRow, layout_row, run_phase_a  # noqa: E402
 from workers.scoring.kvcache import layers_of, new_phase_a_cache  # noqa: E402
 from workers.scoring.lm_view import view_of  # noqa: E402
 from workers.scoring.masks import phase_a_masks  # noqa: E402
 from workers.tiny import get_tiny  # noqa: E402
+from workers.tokenizers import load_tokenizer  # noqa: E402
 
 BOS, NL = 1, 14
 
@@ -67,14 +68,14 @@ def test_llama_prefix_keys_change_with_a_later_doc_token_only_under_bidir():
 
 def test_plm01_causal_scores_equal_decoder_only_full_and_bidir_scores_differ(sqlite_url):
     clear_cache()
-    enqueue("plm01", db=sqlite_url, models=["tiny-random-llama"], limit=2, data_dir=str(FIXTURES), device="cpu")
+    enqueue("plm01", db=sqlite_url, models=["tiny-random-llama"], limit=2, data_dir=str(FIXTURES), device="cpu", tokenizers=load_tokenizer)
     drain(sqlite_url, model="tiny-random-llama")
     with session_scope(get_engine(sqlite_url)) as s:
         rows = s.execute(select(Score.nll, Job.id, Job.mode, Sample, Condition).join(Job, Job.id == Score.job_id)
                          .join(Sample, Sample.id == Job.sample_id)
                          .join(Condition, Condition.id == Job.condition_id)).all()
         stored = {(sample.id, cond.name, mode): nll for nll, _, mode, sample, cond in rows}
-        tasks = [ScoreTask(job_id=job_id, mode="full", sample=sample_dict(sample),
+        tasks = [ScoreTask(job_id=job_id, mode="full", sample=sample.as_dict(),
                            condition=condition_definition(cond).as_dict())
                  for _, job_id, mode, sample, cond in rows if mode == "prefix_lm_causal"]
     assert len(tasks) == 2 * 4 and len(stored) == 2 * 4 * 2

@@ -26,10 +26,11 @@ from support import FIXTURES, drain  # noqa: E402
 from tracker.conditions import build_prefix_ids, special_ids  # noqa: E402
 from tracker.datasets import clear_cache  # noqa: E402
 from tracker.db import get_engine, session_scope  # noqa: E402
-from tracker.enqueue import enqueue  # noqa: E402
-from tracker.models import AttentionShare, Condition, Job, Sample, Score  # noqa: E402
-from tracker.stages import condition_definition, sample_dict  # noqa: E402
+from tracker.db.schema import AttentionShare, Condition, Job, Sample, Score  # noqa: E402
+from tracker.planning import enqueue  # noqa: E402
+from tracker.planning.stages import condition_definition  # noqa: E402
 from workers.tiny import build_tiny_tokenizer, get_tiny  # noqa: E402
+from workers.tokenizers import load_tokenizer  # noqa: E402
 
 LIMIT = 2
 FAMILIES = {"tiny-random-t5": False, "tiny-random-bart": False, "tiny-random-t5gemma": True}  # name: merged softmax
@@ -38,7 +39,7 @@ FAMILIES = {"tiny-random-t5": False, "tiny-random-bart": False, "tiny-random-t5g
 
 def run_ed08(url: str, model: str) -> None:
     clear_cache()
-    enqueue("ed08", db=url, models=[model], limit=LIMIT, data_dir=str(FIXTURES), device="cpu")
+    enqueue("ed08", db=url, models=[model], limit=LIMIT, data_dir=str(FIXTURES), device="cpu", tokenizers=load_tokenizer)
     drain(url, model=model)
 
 
@@ -113,7 +114,7 @@ def check_stored_shares(url: str, name: str) -> int:
         for r in s.scalars(select(AttentionShare)):
             shares[r.score_id][(r.layer, r.position, r.softmax, r.target)] = r.share
         for score, mode, sample, condition in rows:
-            sample_d = sample_dict(sample)
+            sample_d = sample.as_dict()
             cond_d = condition_definition(condition).as_dict()
             expected, head_totals, nlls = direct_shares(model, score, sample_d, cond_d, mode, merged)
             stored = shares[score.id]

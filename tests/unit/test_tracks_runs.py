@@ -19,8 +19,9 @@ from support import FIXTURES, drain  # noqa: E402
 
 from tracker.datasets import clear_cache  # noqa: E402
 from tracker.db import get_engine  # noqa: E402
-from tracker.enqueue import enqueue  # noqa: E402
+from tracker.planning import enqueue  # noqa: E402
 from tracker.specs import load_spec  # noqa: E402
+from workers.tokenizers import load_tokenizer  # noqa: E402
 
 LIMIT = 2
 # spec -> tiny models of its family (ed09 runs two families at once, as the spec runs four models)
@@ -65,7 +66,7 @@ def expected_cells(name: str, models: list[str]) -> set[tuple[str, str, str]]:
 
 
 def run_spec(url: str, name: str, models: list[str]) -> None:
-    report = enqueue(name, db=url, models=models, limit=LIMIT, data_dir=str(FIXTURES), device="cpu")
+    report = enqueue(name, db=url, models=models, limit=LIMIT, data_dir=str(FIXTURES), device="cpu", tokenizers=load_tokenizer)
     spec = load_spec(name)
     assert report.stage(1).score.total == LIMIT * len(models) * sum(len(spec.modes_for(c)) for c in spec.conditions)
     drain(url, model=None)
@@ -84,10 +85,10 @@ def test_spec_runs_to_completion_on_a_tiny_model_of_its_family(sqlite_url, name)
 
 def test_ed06_reuses_every_ed01_job_and_ed08_adds_only_the_random_query_cells(sqlite_url):
     run_spec(sqlite_url, "ed01", ["tiny-random-t5"])
-    ed06 = enqueue("ed06", db=sqlite_url, models=["tiny-random-t5"], limit=LIMIT, data_dir=str(FIXTURES), device="cpu")
+    ed06 = enqueue("ed06", db=sqlite_url, models=["tiny-random-t5"], limit=LIMIT, data_dir=str(FIXTURES), device="cpu", tokenizers=load_tokenizer)
     assert (ed06.stage(1).score.created, ed06.stage(1).score.reused) == (0, LIMIT * 5)
     run_spec(sqlite_url, "ed07", ["tiny-random-t5"])
-    ed08 = enqueue("ed08", db=sqlite_url, models=["tiny-random-t5"], limit=LIMIT, data_dir=str(FIXTURES), device="cpu")
+    ed08 = enqueue("ed08", db=sqlite_url, models=["tiny-random-t5"], limit=LIMIT, data_dir=str(FIXTURES), device="cpu", tokenizers=load_tokenizer)
     assert (ed08.stage(1).score.created, ed08.stage(1).score.reused) == (LIMIT * 2, LIMIT * 2 * 2)
     with get_engine(sqlite_url).connect() as conn:
         new = conn.execute(text("SELECT DISTINCT mode FROM jobs WHERE status = 'pending'")).scalars().all()

@@ -19,11 +19,12 @@ from synth import write_synthetic_data_dir  # noqa: E402
 from analysis.from_spec import plan_from_spec  # noqa: E402
 from analysis.plan import normalize_plan  # noqa: E402
 from tracker import datasets  # noqa: E402
+from tracker.catalogue import resolve_model  # noqa: E402
 from tracker.cli import cli  # noqa: E402
-from tracker.enqueue import enqueue  # noqa: E402
 from tracker.errors import DatasetError  # noqa: E402
+from tracker.planning import enqueue  # noqa: E402
 from tracker.specs import load_spec, spec_names  # noqa: E402
-from workers.registry import resolve_model  # noqa: E402
+from workers.tokenizers import load_tokenizer  # noqa: E402
 
 ED01 = ["bare", "oracle", "random_tokens", "surr_doc", "surr_template"]
 EXP02 = ["bare", "random_tokens", "repeat_token", "scrambled_oracle", "unrelated_query", "same_topic", "paraphrase",
@@ -132,7 +133,7 @@ def data500(tmp_path_factory) -> str:
 def test_full_size_dry_run_on_the_shipped_models(sqlite_url, data500, name):
     datasets.clear_cache()
     before = table_counts(sqlite_url)
-    report = enqueue(name, db=sqlite_url, data_dir=data500, dry_run=True)
+    report = enqueue(name, db=sqlite_url, data_dir=data500, dry_run=True, tokenizers=load_tokenizer)
     assert report.stage(1).score.created == EXPECTED[name][4]
     assert report.stage(1).generate.created == (2_000 if name == "plm02" else 0)
     assert table_counts(sqlite_url) == before
@@ -140,7 +141,7 @@ def test_full_size_dry_run_on_the_shipped_models(sqlite_url, data500, name):
 
 def test_ed02_on_its_hub_model_without_the_hub_names_the_tokenizer(sqlite_url, data500, monkeypatch):
     datasets.clear_cache()
-    monkeypatch.setattr(datasets, "_hub_reachable", lambda timeout=3.0: False)
+    monkeypatch.setattr("workers.tokenizers.hub_reachable", lambda timeout=3.0: False)
     with pytest.raises(DatasetError, match="google/t5gemma-2-4b-4b") as err:
-        enqueue("ed02", db=sqlite_url, data_dir=data500, dry_run=True)
+        enqueue("ed02", db=sqlite_url, data_dir=data500, dry_run=True, tokenizers=load_tokenizer)
     assert "--model" in err.value.hint

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import pytest
 
+from tracker.catalogue import resolve_model
 from tracker.errors import ConfigError
 from workers.worker import check_revision
 
@@ -48,7 +49,7 @@ def test_a_pinned_revision_reaches_from_pretrained_for_model_and_tokenizer(monke
     _Recorder.calls = []
     monkeypatch.setattr(registry, "_auto_class", lambda spec: _Recorder)
     monkeypatch.setattr(transformers, "AutoTokenizer", _Recorder)
-    spec = registry.resolve_model("google/gemma-3-4b-it")
+    spec = resolve_model("google/gemma-3-4b-it")
     registry._from_hub_or_folder(spec, "float32", "sdpa", "0123abc")
     assert [kw.get("revision") for _, kw in _Recorder.calls] == ["0123abc", "0123abc"]
     assert all(loc == "google/gemma-3-4b-it" for loc, _ in _Recorder.calls)
@@ -60,7 +61,7 @@ def test_a_pinned_revision_reaches_from_pretrained_for_model_and_tokenizer(monke
 
 def test_the_worker_passes_only_a_hub_models_pinned_revision_to_its_loader(sqlite_url):
     from tracker.db import get_engine, session_scope
-    from tracker.models import Model
+    from tracker.db.schema import ModelRow
     from workers.worker import QueueWorker, WorkerOptions
 
     seen = []
@@ -74,9 +75,9 @@ def test_the_worker_passes_only_a_hub_models_pinned_revision_to_its_loader(sqlit
 
     engine = get_engine(sqlite_url)
     with session_scope(engine) as s:
-        hub = Model(name="google/gemma-3-4b-it", source="hub", family="gemma3", revision="0123abc", dtype="float32",
+        hub = ModelRow(name="google/gemma-3-4b-it", source="hub", family="gemma3", revision="0123abc", dtype="float32",
                     attn_implementation="sdpa")
-        tiny = Model(name="tiny-random-llama", source="tiny", family="llama", revision="tiny-seed1234",
+        tiny = ModelRow(name="tiny-random-llama", source="tiny", family="llama", revision="tiny-seed1234",
                      dtype="float32", attn_implementation="sdpa")
         s.add_all([hub, tiny])
     worker = QueueWorker(engine, WorkerOptions(device="cpu", model=None), backend_loader=loader)

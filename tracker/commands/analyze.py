@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from tracker.cli import db_option
+from tracker.commands.options import db_option
 from tracker.db import get_engine
 from tracker.settings import redact_url, resolve_db_url
 from tracker.specs import load_spec

@@ -3,9 +3,8 @@ from __future__ import annotations
 
 import click
 
-from tracker import migrate
-from tracker.cli import db_option
-from tracker.db import create_tracker_engine
+from tracker.commands.options import db_option
+from tracker.db import create_tracker_engine, migrate
 from tracker.settings import redact_url, resolve_db_url
 
 

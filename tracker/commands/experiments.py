@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import click
 
-from tracker.cli import db_option
+from tracker.commands.options import db_option
 from tracker.datasets import DATASETS, load_prepared
-from tracker.enqueue import EnqueueReport, enqueue
+from tracker.planning import EnqueueReport, enqueue
 from tracker.render import format_option, render_rows
 from tracker.specs import ExperimentSpec, list_specs, load_spec
+from workers.tokenizers import load_tokenizer
 
 
 def _bundled_counts(spec: ExperimentSpec) -> dict[str, int]:
@@ -119,7 +120,7 @@ def enqueue_cmd(experiment: str, models: tuple[str, ...], limit: int | None, dry
     """
     spec = load_spec(experiment)
     report = enqueue(spec, db=db, models=list(models) or None, limit=limit, dry_run=dry_run,
-                     data_dir=data_dir, device=device, dtype=dtype)
+                     data_dir=data_dir, device=device, dtype=dtype, tokenizers=load_tokenizer)
     click.echo(render_report(report))
 
 

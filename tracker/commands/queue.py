@@ -7,9 +7,10 @@ import time
 import click
 
 from tracker import queue
-from tracker.cli import db_option
+from tracker.commands.options import db_option
 from tracker.db import get_engine
 from tracker.render import format_option, render_records
+from workers.worker.options import WorkerOptions
 
 FAILED_SHOWN_IN_TABLE = 10
 
@@ -19,13 +20,13 @@ FAILED_SHOWN_IN_TABLE = 10
 @click.option("--device", default=None, metavar="DEVICE", help="cpu or cuda:N (default: cpu).")
 @click.option("--model", "model", default=None, metavar="NAME",
               help="Only jobs of this model (default: every model with work, one after another).")
-@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True,
+@click.option("--batch-size", type=click.IntRange(min=1), default=WorkerOptions.batch_size, show_default=True,
               help="Most jobs claimed at once; whole (sample, model, mode) groups are kept together.")
 @click.option("--max-jobs", type=click.IntRange(min=1), default=None, help="Stop after this many jobs.")
 @click.option("--exit-when-empty", is_flag=True, help="Exit once no job is pending, running or blocked.")
-@click.option("--lease-seconds", type=click.FloatRange(min=0.3), default=queue.DEFAULT_LEASE_SECONDS,
+@click.option("--lease-seconds", type=click.FloatRange(min=0.3), default=WorkerOptions.lease_seconds,
               show_default=True, help="Lease per claim; heartbeats renew it every third of it.")
-@click.option("--poll-seconds", type=click.FloatRange(min=0.01), default=2.0, show_default=True,
+@click.option("--poll-seconds", type=click.FloatRange(min=0.01), default=WorkerOptions.poll_seconds, show_default=True,
               help="Wait between claims while the queue is empty.")
 @click.option("-v", "--verbose", is_flag=True, help="Log every claim.")
 @db_option
@@ -44,11 +45,12 @@ def worker_cmd(gpu: int | None, device: str | None, model: str | None, batch_siz
     """
     import logging
 
-    from workers.worker import QueueWorker, WorkerOptions, configure_logging, resolve_device
+    from workers.devices import available_device
+    from workers.worker import QueueWorker, WorkerOptions, configure_logging
 
     configure_logging(logging.DEBUG if verbose else logging.INFO)
     options = WorkerOptions(
-        device=resolve_device(gpu, device), model=model, batch_size=batch_size, max_jobs=max_jobs,
+        device=available_device(gpu, device), model=model, batch_size=batch_size, max_jobs=max_jobs,
         exit_when_empty=exit_when_empty, lease_seconds=lease_seconds, poll_seconds=poll_seconds,
     )
     done = QueueWorker(get_engine(db), options).run()

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from tracker.cli import db_option
+from tracker.commands.options import db_option
 from tracker.db import get_engine
 from tracker.settings import redact_url, resolve_db_url
 
@@ -40,10 +40,17 @@ def run_cmd(experiment: str, workers: int, device: str | None, models: tuple[str
 
     from analysis.from_spec import analyze_spec
     from tracker.commands.experiments import render_report
-    from tracker.enqueue import enqueue
-    from tracker.runner import (drive_workers, run_progress, start_workers, stop_workers, worker_devices,
-                                worker_log_dir)
+    from tracker.planning import enqueue
+    from tracker.runner import (
+        drive_workers,
+        run_progress,
+        start_workers,
+        stop_workers,
+        worker_devices,
+        worker_log_dir,
+    )
     from tracker.specs import load_spec
+    from workers.tokenizers import load_tokenizer
 
     if workers < 1:
         raise click.BadParameter("must be at least 1", param_hint="--workers")
@@ -55,7 +62,7 @@ def run_cmd(experiment: str, workers: int, device: str | None, models: tuple[str
     say = (lambda *a, **k: click.echo(*a, err=True, **k)) if fmt == "json" else click.echo
 
     report = enqueue(spec, engine=engine, models=list(models) or None, limit=limit, data_dir=data_dir,
-                     device=devices[0].split(":")[0])
+                     device=devices[0].split(":")[0], tokenizers=load_tokenizer)
     say(render_report(report))
     start = run_progress(engine, report.run_id)
     if start.unfinished:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from tracker.cli import db_option
+from tracker.commands.options import db_option
 from tracker.db import get_engine
 from tracker.render import format_option, render_rows
 from tracker.settings import resolve_db_url

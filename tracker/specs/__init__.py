@@ -6,7 +6,13 @@ both are validated before anything is written (a bad spec raises
 """
 from __future__ import annotations
 
-from tracker.specs.loader import list_specs, load_spec, load_spec_file, parse_spec, spec_names
+from tracker.specs.loader import (
+    list_specs,
+    load_spec,
+    load_spec_file,
+    parse_spec,
+    spec_names,
+)
 from tracker.specs.schema import (
     DatasetEntry,
     ExperimentSpec,

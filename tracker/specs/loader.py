@@ -39,6 +39,8 @@ from typing import Any
 
 import yaml
 
+from tracker.catalogue.dtypes import DTYPE_ALIASES
+from tracker.catalogue.modes import ALL_MODES
 from tracker.conditions import (
     CATALOGUE,
     CONDITION_KINDS,
@@ -50,7 +52,13 @@ from tracker.conditions import (
 )
 from tracker.datasets import DATASETS, TOKENIZER_IS_SCORING_MODEL
 from tracker.errors import SpecError, UnknownExperimentError
-from tracker.specs.schema import DatasetEntry, ExperimentSpec, ModelEntry, SelectRule, StageSpec
+from tracker.specs.schema import (
+    DatasetEntry,
+    ExperimentSpec,
+    ModelEntry,
+    SelectRule,
+    StageSpec,
+)
 
 TOP_LEVEL_FIELDS = frozenset({
     "name", "title", "description", "seed", "device", "models", "mode", "modes", "generator",
@@ -63,20 +71,12 @@ MODEL_FIELDS = frozenset({"name", "dtype", "revision"})
 STAGE_FIELDS = frozenset({"name", "conditions", "select"})
 SELECT_FIELDS = frozenset({"by", "fraction", "order", "per"})
 DEVICES = ("cpu", "cuda", "mps")
-DTYPES = ("float32", "bfloat16", "float16")
-FALLBACK_MODES = (
-    "two_phase", "full", "prefix_lm_causal", "prefix_lm_bidir", "encdec_q", "encdec_nq", "encdec_rq",
-    "encdec_q_visible", "encdec_q_probe", "encdec_nq_probe", "encdec_rq_probe", "encdec_q_visible_probe",
-)
+DTYPES = tuple(sorted(set(DTYPE_ALIASES.values())))
 DOC_SOURCES = ("own", "partner")  # doc_sentence: the sample's own doc or its partner's
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 
 
 def known_modes() -> tuple[str, ...]:
-    try:
-        from workers.modes import ALL_MODES
-    except ImportError:  # the worker package is optional for reading specs
-        return FALLBACK_MODES
     return tuple(ALL_MODES)
 
 

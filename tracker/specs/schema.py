@@ -48,6 +48,12 @@ class ModelEntry:
         return {"name": self.name, "dtype": self.dtype, "revision": self.revision}
 
 
+def hardest_count(n: int, fraction: float) -> int:
+    """How many of ``n`` samples are the hardest ``fraction``: ceil(fraction * n), exact for
+    decimal fractions (0.4 * 15 is 6 and 0.4 * 400 is 160, where float products say 7 and 161)."""
+    return min(n, math.ceil(Fraction(str(fraction)) * n))
+
+
 @dataclass(frozen=True)
 class SelectRule:
     """Which samples a later stage runs on: the ceil(fraction * n) highest ``by`` NLLs per dataset."""
@@ -58,8 +64,7 @@ class SelectRule:
     per: str = "dataset"
 
     def count(self, n: int) -> int:
-        """ceil(fraction * n), exact for decimal fractions (0.4 * 400 = 160, not 161)."""
-        return math.ceil(Fraction(str(self.fraction)) * n)
+        return hardest_count(n, self.fraction)
 
     def as_dict(self) -> dict[str, Any]:
         return {"by": self.by, "fraction": self.fraction, "order": self.order, "per": self.per}

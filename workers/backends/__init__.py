@@ -1,13 +1,12 @@
-"""Scoring backends, chosen by model name from `workers.registry` and imported lazily.
+"""Scoring backends, one per model family, imported only when a model of that family loads.
 
 `get_backend("smollm2-135m", "cpu")` imports `workers.backends.decoder` only then; the
-encoder-decoder and fake backends are imported the same way, by their registry path.
+encoder-decoder and fake backends likewise.
 """
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING
-
+from tracker.catalogue import DECODER, ENCDEC, FAKE, CatalogueEntry, resolve_model
+from tracker.errors import ConfigError
 from workers.backends.base import (
     GenerateResult,
     GenerateTask,
@@ -16,23 +15,29 @@ from workers.backends.base import (
     ScoringBackend,
 )
 
-if TYPE_CHECKING:  # the registry imports torch; keep `import workers.backends` cheap
-    from workers.registry import ModelSpec
-
 __all__ = [
     "GenerateResult", "GenerateTask", "ScoreResult", "ScoreTask", "ScoringBackend", "backend_class", "get_backend",
 ]
 
 
-def backend_class(spec: ModelSpec) -> type[ScoringBackend]:
-    """Import the backend class named by `spec.backend` ("module:Class")."""
-    module_name, _, class_name = spec.backend.partition(":")
-    return getattr(importlib.import_module(module_name), class_name)
+def backend_class(entry: CatalogueEntry) -> type[ScoringBackend]:
+    """The backend class of the entry's family (imported on first use: it imports torch)."""
+    if entry.family == DECODER:
+        from workers.backends.decoder import DecoderBackend
+
+        return DecoderBackend
+    if entry.family == ENCDEC:
+        from workers.backends.encdec import EncDecBackend
+
+        return EncDecBackend
+    if entry.family == FAKE:
+        from workers.backends.fake import FakeBackend
+
+        return FakeBackend
+    raise ConfigError(f"model {entry.name}: no backend for family {entry.family!r}")
 
 
 def get_backend(model_name: str, device: str = "cpu", dtype: str | None = None, **kw) -> ScoringBackend:
-    """Build the backend for a registered model name or local folder (UnknownModelError otherwise)."""
-    from workers.registry import resolve_model
-
-    spec = resolve_model(model_name)
-    return backend_class(spec)(spec, device, dtype, **kw)
+    """Build the backend for a catalogue name or local folder (UnknownModelError otherwise)."""
+    entry = resolve_model(model_name)
+    return backend_class(entry)(entry, device, dtype, **kw)

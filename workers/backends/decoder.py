@@ -9,19 +9,31 @@ attribute naming the offending task, before any model work starts.
 from __future__ import annotations
 
 import hashlib
-import platform
 from collections import OrderedDict
 from collections.abc import Sequence
-from pathlib import Path
 
 import torch
 import transformers
 
+from tracker.catalogue import CatalogueEntry, check_mode_allowed
 from tracker.errors import ConfigError, TrackerError
-from workers.backends.base import GenerateResult, GenerateTask, ScoreResult, ScoreTask, ScoringBackend
-from workers.registry import LoadedModel, ModelSpec, check_mode_allowed, load_pretrained
+from workers.backends.base import (
+    GenerateResult,
+    GenerateTask,
+    ScoreResult,
+    ScoreTask,
+    ScoringBackend,
+)
+from workers.devices import device_product_name
+from workers.registry import LoadedModel, load_pretrained
 from workers.scoring import SCORER_VERSION
-from workers.scoring.decoder import BatchBudget, ScoringRow, check_fits, layout_row, score_rows
+from workers.scoring.decoder import (
+    BatchBudget,
+    ScoringRow,
+    check_fits,
+    layout_row,
+    score_rows,
+)
 from workers.scoring.lm_view import view_of
 from workers.scoring.selfcheck import self_check as run_self_check
 
@@ -41,7 +53,7 @@ def build_prefix_ids(condition: dict, sample: dict, tokenizer, *, surrogate_text
     return build(condition, sample, tokenizer, surrogate_text=surrogate_text)
 
 
-def resolve_bos_id(spec: ModelSpec, tokenizer) -> int:
+def resolve_bos_id(spec: CatalogueEntry, tokenizer) -> int:
     """The BOS id by the spec's policy (see workers.registry): the tokenizer's BOS or a named token."""
     if spec.bos in (None, "tokenizer"):
         bos = tokenizer.bos_token_id
@@ -55,25 +67,12 @@ def resolve_bos_id(spec: ModelSpec, tokenizer) -> int:
     return int(bos)
 
 
-def _device_name(device: torch.device) -> str:
-    """GPU name, or the CPU model name (from /proc/cpuinfo on Linux)."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "cpu"
-
-
 class DecoderBackend(ScoringBackend):
     """Decoder-only scoring (two_phase, full, prefix_lm_causal, prefix_lm_bidir) and chat generation."""
 
     def __init__(
         self,
-        spec: ModelSpec,
+        spec: CatalogueEntry,
         device: str = "cpu",
         dtype: str | None = None,
         *,
@@ -212,7 +211,7 @@ class DecoderBackend(ScoringBackend):
             "location": self.spec.location, "model_class": type(self.model).__name__,
             "revision": self.loaded.revision, "dtype": str(self.loaded.dtype).removeprefix("torch."),
             "attn_implementation": self.loaded.attn_implementation, "device": str(device),
-            "device_name": _device_name(device), "torch": torch.__version__,
+            "device_name": device_product_name(device), "torch": torch.__version__,
             "transformers": transformers.__version__, "scorer_version": SCORER_VERSION,
             "bos_id": self.bos_id, "bos_token": self.tokenizer.convert_ids_to_tokens(self.bos_id),
             "nl_ids": list(self.nl_ids), "max_positions": self.view.max_positions,

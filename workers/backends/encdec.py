@@ -24,12 +24,20 @@ from typing import Any
 import torch
 import transformers
 
+from tracker.catalogue import CatalogueEntry, check_mode_allowed
 from tracker.conditions import build_prefix_ids, special_ids
 from tracker.errors import DeviceError, InputTooLongError, SelfCheckFailed, TrackerError
-from workers.backends.base import GenerateResult, GenerateTask, ScoreResult, ScoreTask, ScoringBackend
-from workers.registry import LoadedModel, ModelSpec, check_mode_allowed, load_pretrained
+from workers.backends.base import (
+    GenerateResult,
+    GenerateTask,
+    ScoreResult,
+    ScoreTask,
+    ScoringBackend,
+)
+from workers.devices import device_product_name
+from workers.registry import LoadedModel, load_pretrained
+from workers.scoring import ENCDEC_SCORER_VERSION
 from workers.scoring.encdec import (
-    ENCDEC_SCORER_VERSION,
     EncDecLayout,
     RowScore,
     build_layout,
@@ -111,12 +119,11 @@ class _Prepared:
 class EncDecBackend(ScoringBackend):
     """Scores ``encdec_*`` modes on an encoder-decoder model (see the module docstring)."""
 
-    name = "encdec"
-
-    def __init__(self, spec: ModelSpec, device: str = "cpu", dtype: str | None = None, *,
+    def __init__(self, spec: CatalogueEntry, device: str = "cpu", dtype: str | None = None, *,
                  max_batch_rows: int = DEFAULT_MAX_BATCH_ROWS, loaded: LoadedModel | None = None,
                  revision: str | None = None) -> None:
         self.spec = spec
+        self.name = spec.name
         self.loaded = loaded if loaded is not None else load_pretrained(
             spec, device, dtype, attn_implementation="sdpa", revision=revision)
         self.model = self.loaded.model.eval()
@@ -281,7 +288,7 @@ class EncDecBackend(ScoringBackend):
     def describe(self) -> dict:
         device = self.loaded.device
         return {
-            "backend": self.name,
+            "backend": "encdec",
             "model": self.spec.name,
             "location": self.spec.location,
             "source": self.spec.source,
@@ -289,7 +296,8 @@ class EncDecBackend(ScoringBackend):
             "revision": self.loaded.revision,
             "dtype": str(self.loaded.dtype).removeprefix("torch."),
             "attn_implementation": self.model.config._attn_implementation,
-            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else str(device),
+            "device": str(device),
+            "device_name": device_product_name(device),
             "torch": torch.__version__,
             "transformers": transformers.__version__,
             "scorer_version": ENCDEC_SCORER_VERSION,

@@ -1,7 +1,11 @@
-"""Scoring engines. `SCORER_VERSION` names the scoring semantics: any change to what is scored
-(segment layout, BOS choice, separators, masks, re-rotation, NLL definition) must change it
-together with the golden file in tests/golden/ in the same commit.
+"""Scoring engines: decoder-only two-phase / full / prefix-LM, encoder-decoder, attention probing.
+
+`SCORER_VERSION` names the decoder scorer's semantics; the catalogue owns the strings
+(:data:`tracker.catalogue.SCORER_VERSIONS`), because enqueue stamps them on jobs.
 """
 from __future__ import annotations
 
-SCORER_VERSION = "dec-2pass-1"
+from tracker.catalogue import DECODER, ENCDEC, SCORER_VERSIONS
+
+SCORER_VERSION = SCORER_VERSIONS[DECODER]
+ENCDEC_SCORER_VERSION = SCORER_VERSIONS[ENCDEC]

@@ -35,8 +35,13 @@ from dataclasses import dataclass, field
 import torch
 from transformers import PreTrainedModel
 
-from tracker.errors import DeviceError, EmptyAnswerError, InputTooLongError, TrackerError
-from workers.modes import DECODER_MODES, PREFIX_LM_BIDIR, TWO_PHASE
+from tracker.catalogue.modes import DECODER_MODES, PREFIX_LM_BIDIR, TWO_PHASE
+from tracker.errors import (
+    DeviceError,
+    EmptyAnswerError,
+    InputTooLongError,
+    TrackerError,
+)
 from workers.scoring.kvcache import (
     cache_from_layers,
     layers_of,

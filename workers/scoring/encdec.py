@@ -31,13 +31,12 @@ from typing import Literal
 import torch
 from transformers.modeling_outputs import BaseModelOutput
 
+from tracker.catalogue import modes
 from tracker.errors import ConfigError, DatasetError, EmptyAnswerError
-from workers import modes
 
 DecoderQuery = Literal["query", "none", "random"]
 
 # Bumped whenever what is scored changes (encoder wrapping, decoder layout, masks, NLL).
-ENCDEC_SCORER_VERSION = "encdec-1"
 
 _BASE_MODES: dict[str, tuple[DecoderQuery, bool]] = {
     # mode: (what sits between the start token and the answer, prefix hidden from cross-attn)

@@ -12,7 +12,7 @@ import torch
 from transformers import DynamicCache
 
 from workers.scoring.lm_view import LanguageModelView
-from workers.scoring.rotary import rotation_cos_sin, rotate_keys
+from workers.scoring.rotary import rotate_keys, rotation_cos_sin
 
 LayerKV = tuple[torch.Tensor, torch.Tensor]  # keys, values: [batch, kv_heads, seq, head_dim]
 

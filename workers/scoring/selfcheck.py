@@ -21,8 +21,8 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from tracker.catalogue.modes import TWO_PHASE
 from tracker.errors import SelfCheckFailed, TrackerError
-from workers.modes import TWO_PHASE
 from workers.scoring import SCORER_VERSION
 from workers.scoring.decoder import (
     RowLayout,

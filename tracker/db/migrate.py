@@ -10,6 +10,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, exc, inspect
 
 import migrations
+from tracker.db.errors import translate_db_error
 from tracker.errors import DatabaseError
 
 VERSION_TABLE = "tracker_alembic_version"
@@ -31,8 +32,6 @@ def head_revision() -> str:
 
 
 def current_revision(engine: Engine) -> str | None:
-    from tracker.db import translate_db_error  # circular at import time
-
     try:
         with engine.connect() as conn:
             if not inspect(conn).has_table(VERSION_TABLE):
@@ -43,8 +42,6 @@ def current_revision(engine: Engine) -> str | None:
 
 
 def _run(fn, engine: Engine, *args) -> None:
-    from tracker.db import translate_db_error
-
     try:
         fn(alembic_config(engine), *args)
     except exc.DBAPIError as err:
@@ -61,7 +58,3 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
 
 def downgrade(engine: Engine, revision: str) -> None:
     _run(command.downgrade, engine, revision)
-
-
-def stamp(engine: Engine, revision: str) -> None:
-    _run(command.stamp, engine, revision)

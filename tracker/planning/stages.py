@@ -6,8 +6,8 @@ it and a worker calls :func:`perform_selection`, which
 
 1. ranks the samples by those scores (highest NLL first, ties by sample id) and keeps the
    ``ceil(fraction * n)`` hardest;
-2. stores a :class:`~tracker.models.Selection` with one
-   :class:`~tracker.models.SelectionMember` per kept sample, pointing at the score used, so
+2. stores a :class:`~tracker.db.schema.Selection` with one
+   :class:`~tracker.db.schema.SelectionMember` per kept sample, pointing at the score used, so
    the analysis reads the selection and never recomputes it;
 3. creates the stage's jobs for the kept samples (reusing existing ones by job key) and adds
    them to the run: pending, or blocked on the generation of the surrogates they need.
@@ -25,9 +25,20 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from tracker.conditions import ConditionDefinition
-from tracker.enqueue import JobCounts, plan_score, write_score_jobs
+from tracker.db.schema import (
+    Condition,
+    Job,
+    JobDependency,
+    JobKind,
+    JobStatus,
+    Sample,
+    Score,
+    Selection,
+    SelectionMember,
+)
 from tracker.errors import TrackerError
-from tracker.models import Condition, Job, JobDependency, JobKind, JobStatus, Sample, Score, Selection, SelectionMember
+from tracker.planning.jobs import plan_score, write_score_jobs
+from tracker.planning.reports import JobCounts
 from tracker.specs.schema import SelectRule
 
 
@@ -43,11 +54,6 @@ class SelectionOutcome:
     already_done: bool = False
 
 
-def sample_dict(row: Sample) -> dict[str, Any]:
-    return {"id": row.id, "dataset": row.dataset, "source_key": row.source_key, "doc": row.doc,
-            "query": row.query, "answer": row.answer, "meta": dict(row.meta or {})}
-
-
 def condition_definition(row: Condition) -> ConditionDefinition:
     """A stored condition back as a definition (its own mode lives in params["mode"])."""
     params = dict(row.params or {})
@@ -61,7 +67,7 @@ def selected_samples(session: Session, selection_id: int) -> list[dict[str, Any]
         select(Sample).join(SelectionMember, SelectionMember.sample_id == Sample.id)
         .where(SelectionMember.selection_id == selection_id).order_by(SelectionMember.rank)
     ).scalars()
-    return [sample_dict(r) for r in rows]
+    return [r.as_dict() for r in rows]
 
 
 def rank_hardest(scored: list[tuple[int, int, float]], fraction: float) -> list[tuple[int, int, float]]:
@@ -128,3 +134,8 @@ def perform_selection(session: Session, job: Job) -> SelectionOutcome:
     result = write_score_jobs(session, run_id, stage, plans, dry_run=False)
     outcome.score, outcome.generate = result.score, result.generate
     return outcome
+
+
+def select_for_job(session: Session, job_id: int) -> SelectionOutcome:
+    """Run the stage selection of ``select`` job ``job_id`` (a worker calls this in its completion)."""
+    return perform_selection(session, session.get(Job, job_id))

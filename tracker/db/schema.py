@@ -1,4 +1,4 @@
-"""ORM models: the schema of the tracker's database.
+"""The ORM schema of the tracker's database.
 
 Identity is content-addressed so that reuse can never hand back a stale score:
 
@@ -9,8 +9,11 @@ Identity is content-addressed so that reuse can never hand back a stale score:
   version) for scoring jobs, of (kind, sample, surrogate kind, prompt hash, generator) for
   generation jobs. The columns it is made of are stored beside it for queries.
 
-The SQL view ``results`` (see :data:`RESULTS_VIEW_SQL`) is the stable interface for
-users and reports; it is created by the migrations, not by ``metadata.create_all``.
+The SQL view ``results`` is the stable interface for users and reports; the migrations
+create it (``migrations/versions``), not ``metadata.create_all``.
+
+Row classes are the database's nouns (``ModelRow`` is a row of ``models``; the catalogue's
+``CatalogueEntry`` and a worker's ``LoadedModel`` are other things).
 """
 from __future__ import annotations
 
@@ -87,6 +90,11 @@ class Sample(Base):
     meta: Mapped[dict[str, Any]] = mapped_column(default=dict)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=_now())
 
+    def as_dict(self) -> dict[str, Any]:
+        """The sample as backends and stages see it (the ``ScoreTask.sample`` shape)."""
+        return {"id": self.id, "dataset": self.dataset, "source_key": self.source_key, "doc": self.doc,
+                "query": self.query, "answer": self.answer, "meta": dict(self.meta or {})}
+
 
 class Condition(Base):
     __tablename__ = "conditions"
@@ -100,7 +108,7 @@ class Condition(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=_now())
 
 
-class Model(Base):
+class ModelRow(Base):
     __tablename__ = "models"
     __table_args__ = (
         UniqueConstraint("name", "revision", "dtype", "attn_implementation", name="uq_models_identity"),
@@ -116,7 +124,7 @@ class Model(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=_now())
 
 
-class Worker(Base):
+class WorkerRow(Base):
     __tablename__ = "workers"
 
     id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
@@ -313,32 +321,3 @@ class AttentionShare(Base):
 
 
 # One row per experiment run x scoring job; nll is NULL until scored.
-RESULTS_VIEW_SQL = """
-CREATE VIEW results AS
-SELECT
-    e.name AS experiment,
-    rj.run_id AS run_id,
-    rj.stage AS stage,
-    s.dataset AS dataset,
-    j.sample_id AS sample_id,
-    c.name AS condition,
-    m.name AS model,
-    j.mode AS mode,
-    sc.nll AS nll,
-    sc.n_tokens AS n_tokens,
-    j.scorer_version AS scorer_version,
-    j.status AS status,
-    j.id AS job_id,
-    sc.id AS score_id
-FROM run_jobs rj
-JOIN experiment_runs r ON r.id = rj.run_id
-JOIN experiments e ON e.id = r.experiment_id
-JOIN jobs j ON j.id = rj.job_id
-JOIN samples s ON s.id = j.sample_id
-JOIN conditions c ON c.id = j.condition_id
-JOIN models m ON m.id = j.model_id
-LEFT JOIN scores sc ON sc.job_id = j.id
-WHERE j.kind = 'score'
-"""
-
-VIEWS: dict[str, str] = {"results": RESULTS_VIEW_SQL}

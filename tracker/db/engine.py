@@ -1,7 +1,7 @@
 """Engines, one-transaction-per-operation sessions and the schema check.
 
-This is where the code meets the database, so driver errors are translated into
-:mod:`tracker.errors` here and nowhere else.
+This is where the code meets the database: driver errors are translated into
+:mod:`tracker.errors` here (classified by :mod:`tracker.db.errors`).
 """
 from __future__ import annotations
 
@@ -9,11 +9,13 @@ import contextlib
 import os
 from collections.abc import Iterator
 
-from sqlalchemy import Engine, create_engine, event, exc, text
+from sqlalchemy import Engine, create_engine, event, exc
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
-from tracker.errors import DatabaseError, DatabaseUnavailable, SchemaOutOfDate
+from tracker.db import migrate
+from tracker.db.errors import translate_db_error
+from tracker.errors import SchemaOutOfDate
 from tracker.settings import redact_url, resolve_db_url
 
 SQLITE_BUSY_TIMEOUT_MS = 60_000
@@ -85,8 +87,6 @@ def _sqlite_file_is_new(engine: Engine) -> bool:
 
 def ensure_schema(engine: Engine) -> None:
     """Migrate a new SQLite file; refuse any database not at head."""
-    from tracker import migrate
-
     if is_sqlite(engine) and _sqlite_file_is_new(engine):
         migrate.upgrade(engine, "head")
         return
@@ -104,28 +104,6 @@ def ensure_schema(engine: Engine) -> None:
         f"The database {where} is at schema revision {current}, this tracker needs {head}.",
         hint=f"run `tracker db upgrade` (with --db {where} if it is not your default)",
     )
-
-
-def translate_db_error(err: exc.DBAPIError | exc.OperationalError, where: str = "") -> DatabaseError:
-    """Map a driver error to ours; connection problems become :class:`DatabaseUnavailable`."""
-    msg = str(getattr(err, "orig", None) or err).strip()
-    if err.connection_invalidated or _looks_like_connection_error(msg):
-        return DatabaseUnavailable(
-            f"The database {where} does not answer: {msg}",
-            hint="check that the server is running and the URL (--db / TRACKER_DB) is right",
-        )
-    return DatabaseError(f"The database refused the operation: {msg}")
-
-
-def _looks_like_connection_error(msg: str) -> bool:
-    needles = (
-        "connection refused", "could not connect", "server closed the connection",
-        "terminating connection", "connection is closed", "connection failed",
-        "the connection is lost", "connection timeout", "no route to host",
-        "consuming input failed", "ssl syscall error", "unable to open database file",
-    )
-    low = msg.lower()
-    return any(n in low for n in needles)
 
 
 @contextlib.contextmanager
@@ -146,12 +124,3 @@ def session_scope(engine: Engine) -> Iterator[Session]:
         raise
     finally:
         session.close()
-
-
-def ping(engine: Engine) -> None:
-    """Raise :class:`DatabaseUnavailable` unless the database answers."""
-    try:
-        with engine.connect() as conn:
-            conn.execute(text("SELECT 1"))
-    except exc.DBAPIError as err:
-        raise translate_db_error(err, redact_url(str(engine.url))) from err

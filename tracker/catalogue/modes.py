@@ -1,4 +1,4 @@
-"""Scoring modes: the string stored on every scoring job (fixed by the team brief).
+"""Scoring modes: the string stored on every scoring job.
 
 Decoder-only:
 - ``two_phase``         Phase A ``[BOS]+prefix+[\\n]+doc``, keep BOS+doc, re-rotate doc keys by
@@ -8,7 +8,7 @@ Decoder-only:
 - ``prefix_lm_bidir``   Phase A with a bidirectional mask over prefix+doc (the sliding window
                         kept on sliding layers), Phase B over the whole cache.
 
-Encoder-decoder (scored by `workers.backends.encdec`):
+Encoder-decoder:
 - ``encdec_q``          encoder prefix+doc, prefix hidden from cross-attention; decoder
                         ``[start]+query+answer``.
 - ``encdec_nq``         decoder ``[start]+answer``.
@@ -52,10 +52,3 @@ def is_decoder_mode(mode: str) -> bool:
 
 def is_encdec_mode(mode: str) -> bool:
     return mode in ENCDEC_MODES
-
-
-def check_mode(mode: str) -> str:
-    """Return `mode` if it is known, else raise ValueError listing the known ones."""
-    if mode not in ALL_MODES:
-        raise ValueError(f"unknown scoring mode {mode!r}; known: {', '.join(ALL_MODES)}")
-    return mode

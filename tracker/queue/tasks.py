@@ -1,4 +1,4 @@
-"""Turn claimed job rows into the backend's request dataclasses.
+"""Turn claimed job rows into the job contracts (:mod:`tracker.contracts`).
 
 A scoring job becomes a :class:`ScoreTask` (sample dict, condition dict and, for LLM
 surrogate conditions, the surrogate text named by ``payload["surrogate"]``); a generation
@@ -10,23 +10,18 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from sqlalchemy import select, tuple_
+from sqlalchemy import Engine, select, tuple_
 from sqlalchemy.orm import Session
 
+from tracker.contracts import GenerateTask, ScoreTask
+from tracker.db import session_scope
+from tracker.db.schema import Condition, JobKind, Sample, Surrogate
 from tracker.errors import TrackerError
-from tracker.models import Condition, JobKind, Sample, Surrogate
-from tracker.queue import ClaimedJob
-from workers.backends.base import GenerateTask, ScoreTask
+from tracker.queue.claim import ClaimedJob, claim_batch
 
 
 class TaskBuildError(TrackerError):
     """A claimed job cannot be turned into a task (missing row or malformed payload)."""
-
-
-def sample_dict(sample: Sample) -> dict:
-    """The sample as backends see it (the team's fixed shape)."""
-    return {"id": sample.id, "dataset": sample.dataset, "source_key": sample.source_key, "doc": sample.doc,
-            "query": sample.query, "answer": sample.answer, "meta": dict(sample.meta or {})}
 
 
 def condition_dict(condition: Condition) -> dict:
@@ -118,14 +113,14 @@ def _build_one(job: ClaimedJob, samples: dict, conditions: dict, surrogates: dic
                 f"generator model {ref[3]}), which has not been generated.",
                 hint="its generation job must finish first; check `tracker status` for failed generation jobs",
             )
-    return ScoreTask(job_id=job.id, mode=job.mode, sample=sample_dict(sample),
+    return ScoreTask(job_id=job.id, mode=job.mode, sample=sample.as_dict(),
                      condition=condition_dict(condition), surrogate_text=text)
 
 
 def _generate_task(job: ClaimedJob, sample: Sample) -> GenerateTask:
     payload = job.payload or {}
     try:
-        return GenerateTask(job_id=job.id, sample=sample_dict(sample), kind=str(payload["kind"]),
+        return GenerateTask(job_id=job.id, sample=sample.as_dict(), kind=str(payload["kind"]),
                             prompt=str(payload["prompt"]), max_new_tokens=int(payload["max_new_tokens"]))
     except (KeyError, TypeError, ValueError) as err:
         raise TaskBuildError(
@@ -133,3 +128,11 @@ def _generate_task(job: ClaimedJob, sample: Sample) -> GenerateTask:
             "prompt_hash and max_new_tokens.",
             hint="re-enqueue the experiment",
         ) from err
+
+
+def claim_tasks(engine: Engine, worker_id: int, model_id: int | None, n: int,
+                lease_seconds: float) -> tuple[list[ClaimedJob], BuiltTasks]:
+    """Claim a batch and read its tasks in one transaction (a failed read claims nothing)."""
+    with session_scope(engine) as session:
+        batch = claim_batch(session, worker_id, model_id, n, lease_seconds)
+        return batch, build_tasks(session, batch)
