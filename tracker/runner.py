@@ -17,6 +17,7 @@ from pathlib import Path
 
 from sqlalchemy import Engine, func, select
 
+from tracker import settings
 from tracker.db import session_scope
 from tracker.db.schema import Job, RunJob
 from tracker.errors import DeviceError, TrackerError
@@ -108,7 +109,7 @@ def start_workers(db_url: str, devices: list[str], *, models: list[str] | None, 
         if batch_size:
             cmd += ["--batch-size", str(batch_size)]
         log_path = log_dir / f"worker-{i}.log"
-        env = dict(os.environ)
+        env = settings.child_environment()
         if device == "cpu" and len(devices) > 1:
             # share the cores instead of oversubscribing them
             env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 2) // len(devices))))

@@ -1,10 +1,10 @@
 """Planning: specs resolved against the catalogue become jobs (``enqueue``), and stage
 selections create later stages' jobs (``stages``). Modules: ``model_identity``, ``resolve``,
 ``rows`` (the rows jobs point at), ``jobs`` (job plans and writes), ``reports`` (counts and
-costs), ``enqueue``, ``stages``."""
+costs), ``orchestrate`` (enqueue itself), ``stages``."""
 from __future__ import annotations
 
-from tracker.planning.enqueue import (
+from tracker.planning.orchestrate import (
     SELECT_PRIORITY,
     TRANSACTION_ATTEMPTS,
     enqueue,
