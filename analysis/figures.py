@@ -7,18 +7,14 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING
-
 import numpy as np
 import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from analysis.report_data import ReportData
 from analysis.views import POOLED
-
-if TYPE_CHECKING:
-    from analysis.report import AnalysisReport
 
 DPI = 100
 
@@ -250,7 +246,7 @@ def attention_layer_figure(by_layer: pd.DataFrame, title: str) -> Figure:
     return fig
 
 
-def make_figures(report: AnalysisReport) -> dict[str, Figure]:
+def make_figures(report: ReportData) -> dict[str, Figure]:
     """Every figure the report's tables support, keyed by file name (``*.png``)."""
     figs: dict[str, Figure] = {}
     multi = len(report.info.get("models", [])) > 1 or len(report.info.get("modes", [])) > 1
@@ -290,7 +286,7 @@ def make_figures(report: AnalysisReport) -> dict[str, Figure]:
     return figs
 
 
-def save_figures(report: AnalysisReport, directory: str | Path) -> list[Path]:
+def save_figures(report: ReportData, directory: str | Path) -> list[Path]:
     """Write every figure as PNG into ``directory``; returns the paths."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)

@@ -19,16 +19,13 @@ import time
 import warnings
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
-
 import pandas as pd
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+from analysis.render import render_report
+from analysis.report_data import ReportData, frame_records
 from tracker.errors import ConfigError
-
-if TYPE_CHECKING:
-    from analysis.report import AnalysisReport
 
 ENV_TRACKING_URI = "MLFLOW_TRACKING_URI"
 MAX_PARAM_LENGTH = 6000  # MLflow caps a param value at 6,000 characters
@@ -145,7 +142,7 @@ def _finite(value) -> float | None:
     return value if value == value and abs(value) != float("inf") else None
 
 
-def report_metrics(report: AnalysisReport) -> dict[str, float]:
+def report_metrics(report: ReportData) -> dict[str, float]:
     """Metrics named ``<kind>.<dataset>.<condition>``, prefixed by model and/or mode when
     the report has several.
 
@@ -242,17 +239,15 @@ def _experiment_id(client, name: str, tracking_uri: str) -> str:
         return found.experiment_id
 
 
-def write_artifacts(report: AnalysisReport, directory: Path, spec_text: str | None, *, figures: bool = True) -> None:
+def write_artifacts(report: ReportData, directory: Path, spec_text: str | None, *, figures: bool = True) -> None:
     """Tables (CSV + JSON), the text report, the spec and the figures, laid out for MLflow."""
     tables_dir = directory / "tables"
     tables_dir.mkdir(parents=True, exist_ok=True)
-    from analysis.report import frame_records
-
     for name, table in report.tables.items():
         table.to_csv(tables_dir / f"{name}.csv", index=False)
         (tables_dir / f"{name}.json").write_text(json.dumps(frame_records(table), indent=1, allow_nan=False))
     (directory / "report.json").write_text(report.to_json())
-    (directory / "report.txt").write_text(report.render_text())
+    (directory / "report.txt").write_text(render_report(report))
     if spec_text is not None:
         (directory / "spec.yaml").write_text(spec_text)
     if figures:
@@ -262,7 +257,7 @@ def write_artifacts(report: AnalysisReport, directory: Path, spec_text: str | No
 
 
 def log_to_mlflow(
-    report: AnalysisReport,
+    report: ReportData,
     tracking_uri: str,
     run_name: str,
     params: Mapping | None = None,

@@ -5,14 +5,10 @@ CI, Holm p and n beside it.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import pandas as pd
 
+from analysis.report_data import ReportData
 from analysis.views import POOLED
-
-if TYPE_CHECKING:
-    from analysis.report import AnalysisReport
 
 TABLE_TITLES = {
     "main": "Effects vs {ref} (all complete pairs)",
@@ -48,7 +44,7 @@ def _scope(model: str, mode: str, multi: bool) -> str:
     return f" [{model} / {mode}]" if multi else ""
 
 
-def _effects_section(report: AnalysisReport, multi: bool) -> list[str]:
+def _effects_section(report: ReportData, multi: bool) -> list[str]:
     lines: list[str] = []
     eff = report.effects
     if eff.empty:
@@ -77,7 +73,7 @@ def _summary_dataset(frame: pd.DataFrame) -> pd.DataFrame:
     return frame[frame["dataset"] == POOLED] if (frame["dataset"] == POOLED).any() else frame
 
 
-def _structural_section(report: AnalysisReport) -> list[str]:
+def _structural_section(report: ReportData) -> list[str]:
     table = report.tables.get("structural")
     if table is None or table.empty:
         return []
@@ -91,7 +87,7 @@ def _structural_section(report: AnalysisReport) -> list[str]:
     return lines
 
 
-def _ranking_section(report: AnalysisReport) -> list[str]:
+def _ranking_section(report: ReportData) -> list[str]:
     table = report.tables.get("ranking")
     if table is None or table.empty:
         return []
@@ -104,7 +100,7 @@ def _ranking_section(report: AnalysisReport) -> list[str]:
     return lines
 
 
-def _hardness_section(report: AnalysisReport) -> list[str]:
+def _hardness_section(report: ReportData) -> list[str]:
     table = report.tables.get("hardness")
     if table is None or table.empty:
         return []
@@ -116,7 +112,7 @@ def _hardness_section(report: AnalysisReport) -> list[str]:
     return lines
 
 
-def _gradient_section(report: AnalysisReport) -> list[str]:
+def _gradient_section(report: ReportData) -> list[str]:
     table = report.tables.get("gradient")
     if table is None or table.empty:
         return []
@@ -126,7 +122,7 @@ def _gradient_section(report: AnalysisReport) -> list[str]:
     return lines
 
 
-def _factorial_section(report: AnalysisReport) -> list[str]:
+def _factorial_section(report: ReportData) -> list[str]:
     table = report.tables.get("factorial")
     if table is None or table.empty:
         return []
@@ -140,7 +136,7 @@ def _factorial_section(report: AnalysisReport) -> list[str]:
     return lines
 
 
-def _decomposition_section(report: AnalysisReport) -> list[str]:
+def _decomposition_section(report: ReportData) -> list[str]:
     table = report.tables.get("decomposition")
     if table is None or table.empty:
         return []
@@ -154,7 +150,7 @@ def _decomposition_section(report: AnalysisReport) -> list[str]:
     return lines
 
 
-def _attention_section(report: AnalysisReport) -> list[str]:
+def _attention_section(report: ReportData) -> list[str]:
     """Mean share (over samples, of each score's mean over answer tokens; mean over layers) per cell."""
     table = report.tables.get("attention")
     if table is None or table.empty:
@@ -168,7 +164,7 @@ def _attention_section(report: AnalysisReport) -> list[str]:
     return lines
 
 
-def _length_section(report: AnalysisReport) -> list[str]:
+def _length_section(report: ReportData) -> list[str]:
     table = report.tables.get("answer_length")
     if table is None or table.empty:
         return []
@@ -180,7 +176,7 @@ def _length_section(report: AnalysisReport) -> list[str]:
     return lines
 
 
-def render_report(report: AnalysisReport) -> str:
+def render_report(report: ReportData) -> str:
     """The whole report as text: header, notes, effects and the other tables' summaries."""
     info = report.info
     multi = len(info.get("models", [])) > 1 or len(info.get("modes", [])) > 1

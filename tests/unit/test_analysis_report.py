@@ -336,6 +336,16 @@ def test_json_effects_have_the_contract_keys(big_report):
     assert "hardness" in payload["tables"] and "missing" in payload
 
 
+def test_frames_are_every_table_as_an_independent_dataframe(big_report):
+    frames = big_report.frames()
+    assert list(frames)[0] == "effects"
+    assert set(frames) == set(big_report.tables) | {"effects"}
+    for name, frame in frames.items():
+        pd.testing.assert_frame_equal(frame, big_report.tables[name])
+    frames["effects"].loc[:, "d"] = 0.0  # a notebook editing its copy leaves the report alone
+    assert big_report.effects["d"].abs().max() > 0.5
+
+
 def test_render_text_reads_like_the_seed(big_report):
     text = big_report.render_text()
     assert re.search(r"helps\s+d=\+0\.\d{3} \[\+0\.\d{3}, \+0\.\d{3}\]\s+\(\*\*\*\), win=\d+\.\d%", text)
