@@ -28,9 +28,16 @@ def _p(x) -> str:
     return f"{x:.1e}" if x < 0.001 else f"{x:.3f}"
 
 
+def _ci(low, high, note, fmt: str = "{:+.3f}") -> str:
+    """``[low, high]``; ``[CI withheld]`` where the statistics withheld it; blank without a bootstrap."""
+    if low is not None and not pd.isna(low):
+        return f"[{_num(low, fmt)}, {_num(high, fmt)}]"
+    return "[CI withheld]" if isinstance(note, str) and "withheld" in note else ""
+
+
 def effect_line(row) -> str:
     """One effect in the seed's words, with CI, p's and n."""
-    ci = f"[{_num(row.ci_low)}, {_num(row.ci_high)}]" if row.ci_low is not None and not pd.isna(row.ci_low) else ""
+    ci = _ci(row.ci_low, row.ci_high, row.note)
     win = _num(row.win_rate, "{:.1%}")
     note = f"  ({row.note})" if isinstance(row.note, str) and row.note else ""
     return (
@@ -80,7 +87,7 @@ def _structural_section(report: ReportData) -> list[str]:
     lines = ["\n== Structural fraction d(random)/d(oracle) =="]
     for r in table.itertuples():
         lines.append(
-            f"  {r.dataset:<12} fraction={_num(r.fraction, '{:.0%}')} [{_num(r.ci_low, '{:.0%}')}, {_num(r.ci_high, '{:.0%}')}]"
+            f"  {r.dataset:<12} fraction={_num(r.fraction, '{:.0%}')} {_ci(r.ci_low, r.ci_high, r.note, '{:.0%}')}"
             f"  d_random={_num(r.d_random)} d_oracle={_num(r.d_oracle)}  semantic (random - oracle) "
             f"d={_num(r.semantic_d)} p={_p(r.semantic_p)} n={r.n}" + (f"  ({r.note})" if r.note else "")
         )
@@ -144,7 +151,7 @@ def _decomposition_section(report: ReportData) -> list[str]:
     for r in table.itertuples():
         lines.append(
             f"  {r.decomposition} [{r.mode}] {r.dataset:<12} {r.part}/{r.whole} fraction={_num(r.fraction, '{:.0%}')} "
-            f"[{_num(r.ci_low, '{:.0%}')}, {_num(r.ci_high, '{:.0%}')}] d_part={_num(r.d_part)} "
+            f"{_ci(r.ci_low, r.ci_high, r.note, '{:.0%}')} d_part={_num(r.d_part)} "
             f"d_whole={_num(r.d_whole)} n={r.n}" + (f"  ({r.note})" if r.note else "")
         )
     return lines

@@ -24,7 +24,7 @@ CONVENTIONS = (
     "win = share with NLL(C) < NLL(reference), ties no win; marks from the uncorrected two-sided "
     "paired t-test (*** <0.001, ** <0.01, * <0.05); p_holm = Holm across the conditions of one "
     "table and dataset; Wilcoxon two-sided, zeros dropped; pooled = all datasets' per-sample "
-    "deltas concatenated; CI = percentile bootstrap of d; only complete pairs count."
+    "deltas concatenated; CI = BCa bootstrap of d, withheld below n=10 or when the bootstrap degenerates; only complete pairs count."
 )
 
 
@@ -315,11 +315,8 @@ def build_report(
     ``attention`` :func:`load.load_attention`'s (probing runs).
     """
     plan = normalize_plan(plan)
-    try:
-        return _build_report(results, plan, experiment, run_id, token_parity, selections, int(bootstrap), int(seed),
-                             attention)
-    finally:
-        stats.clear_resample_cache()
+    return _build_report(results, plan, experiment, run_id, token_parity, selections, int(bootstrap), int(seed),
+                         attention)
 
 
 def _build_report(
@@ -374,6 +371,8 @@ def _build_report(
     result_tables["missing"] = missing
     result_tables["scorer_versions"] = versions
     _missing_notes(missing, plan.reference, out)
+    for text in trust_notes(result_tables):
+        out.note(text)
 
     datasets = sorted({ds for v in views for ds in v.datasets}, key=lambda d: (plan.datasets.index(d) if d in plan.datasets else len(plan.datasets), d))
     per_ds = kept.groupby("dataset")["sample_id"].nunique().to_dict() if len(kept) else {}
@@ -421,6 +420,35 @@ def _consistency_notes(table: pd.DataFrame, out: _Collector) -> None:
             f"{name} vs {ref} ({model}/{mode}): {int(group['consistent'].sum())}/{len(group)} conditions have the "
             f"same sign across all {n_ds} datasets."
         )
+
+
+TRUST_RULES = (
+    (stats.NOTE_SMALL_N, f"Small samples: fewer than {stats.MIN_N_CI} pairs, so the CI is withheld and d and p "
+                         "can swing with a single sample; do not read these as findings"),
+    (stats.NOTE_DEGENERATE, "Degenerate bootstrap (resamples with sd 0 or undefined bounds), so the CI is withheld"),
+    ("denominator d includes 0", "Ratio CI withheld: its denominator d may be 0, so the ratio is unbounded"),
+    (stats.NOTE_LARGE_D, f"|d| >= {stats.LARGE_D:g} from an sd near 0: not an effect size to compare"),
+)
+TRUST_LISTED = 6  # rows named per rule before "and N more"
+
+
+def trust_notes(tables: Mapping[str, pd.DataFrame]) -> list[str]:
+    """One sentence per rule that some rows break: what cannot be trusted, and where."""
+    notes = []
+    for marker, sentence in TRUST_RULES:
+        hits = []
+        for name, table in tables.items():
+            if table.empty or "note" not in table:
+                continue
+            flagged = table[table["note"].fillna("").astype(str).str.contains(marker, regex=False)]
+            for r in flagged.to_dict("records"):
+                label = r.get("condition") or r.get("decomposition") or r.get("contrast") or r.get("random") or ""
+                where = "/".join(str(x) for x in (r.get("table", name), r.get("dataset"), label) if x not in (None, ""))
+                hits.append(f"{where} (n={r.get('n')})")
+        if hits:
+            shown = ", ".join(hits[:TRUST_LISTED]) + (f" and {len(hits) - TRUST_LISTED} more" if len(hits) > TRUST_LISTED else "")
+            notes.append(f"{sentence}: {shown}.")
+    return notes
 
 
 def _missing_notes(missing: pd.DataFrame, reference: str, out: _Collector) -> None:
