@@ -314,8 +314,8 @@ def sample_set_seed(seed: int, sample_ids: np.ndarray) -> tuple[int, int]:
     """Seed entropy keyed by the resampled samples themselves.
 
     Every statistic bootstrapped over the same samples (a condition's d in several tables,
-    the two d's of a structural fraction) then sees the same draws: reproducible, and
-    generated once (scipy draws them from the same seed).
+    the two d's of a structural fraction) then sees the same draws, whatever order the
+    tables are built in.
     """
     return (int(seed), zlib.crc32(np.ascontiguousarray(sample_ids, dtype=np.int64).tobytes()))
 
