@@ -14,6 +14,7 @@ from sqlalchemy import Engine
 
 from analysis import load, stats, tables
 from analysis.plan import AnalysisPlan, normalize_plan
+from analysis.provenance import score_digest
 from analysis.render import render_report
 from analysis.report_data import ReportData, frame_records
 from analysis.tables import EFFECT_COLUMNS, HARDNESS_COLUMNS, Settings
@@ -385,6 +386,7 @@ def _build_report(
         "n_samples": int(kept["sample_id"].nunique()) if len(kept) else 0,
         "n_per_dataset": {str(k): int(v) for k, v in per_ds.items()},
         "n_scores": int(kept["nll"].notna().sum()) if len(kept) else 0,
+        "scores_sha256": score_digest(kept),
         "n_jobs": int(len(kept)),
         "scorer_versions": {f"{r.model}/{r.mode}": r.scorer_version for r in versions.itertuples()},
         "bootstrap": settings.bootstrap,
