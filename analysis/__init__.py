@@ -8,7 +8,10 @@ Public API (imported lazily, so ``import analysis`` stays cheap)::
     resolve_tracking_uri(db_url, explicit=None) -> str
     default_params(db_url, *, spec_hash=None) -> dict
     log_to_mlflow(report, tracking_uri, run_name, params=None, spec_text=None) -> str
-    save_figures(report, directory) -> list[Path]
+    log_analysis(report, tracking_uri, run_name, ...) -> LoggedRun (reuses a run of unchanged inputs)
+    save_figures(report, directory, *, formats=("png", "pdf", "svg"), dpi=200) -> list[Path]
+    compare_experiment(engine, experiment, *, by, a=None, b=None) -> DataFrame
+    AnalysisReport.frames() -> dict[str, DataFrame]
 """
 from __future__ import annotations
 
@@ -16,6 +19,11 @@ import importlib
 
 _EXPORTS = {
     "AnalysisReport": "analysis.report",
+    "ReportData": "analysis.report_data",
+    "compare_experiment": "analysis.compare",
+    "compare_figure": "analysis.compare",
+    "log_analysis": "analysis.mlflow_log",
+    "provenance": "analysis.provenance",
     "analyze_experiment": "analysis.report",
     "build_report": "analysis.report",
     "normalize_plan": "analysis.plan",
