@@ -23,7 +23,6 @@ _EXPORTS = {
     "compare_experiment": "analysis.compare",
     "compare_figure": "analysis.compare",
     "log_analysis": "analysis.mlflow_log",
-    "provenance": "analysis.provenance",
     "analyze_experiment": "analysis.report",
     "build_report": "analysis.report",
     "normalize_plan": "analysis.plan",

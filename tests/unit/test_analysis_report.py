@@ -475,4 +475,4 @@ def test_thirty_well_behaved_samples_carry_no_trust_notes():
     assert main["note"].tolist() == ["", "", ""]
     assert all(lo < d < hi for lo, d, hi in zip(main["ci_low"], main["d"], main["ci_high"]))
     assert report.notes == ["Complete: every job is scored and paired with its reference."]
-    assert "withheld" not in report.render_text()
+    assert "[CI withheld]" not in report.render_text() and "Small samples" not in report.render_text()
