@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -15,18 +14,71 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from analysis.report_data import ReportData
 from analysis.views import POOLED
 
-if TYPE_CHECKING:
-    from analysis.report import AnalysisReport
+DPI = 200
+FORMATS = ("png", "pdf", "svg")
+# Luminance below which white text has more contrast than black (WCAG contrast ratios:
+# (1.05) / (L + 0.05) against white vs (L + 0.05) / 0.05 against black are equal here).
+DARK_LUMINANCE = 0.179
 
-DPI = 100
 
-
-def _new_figure(width: float, height: float) -> Figure:
-    fig = Figure(figsize=(width, height), dpi=DPI)
+def _new_figure(width: float, height: float, dpi: int = DPI) -> Figure:
+    fig = Figure(figsize=(width, height), dpi=dpi)
     FigureCanvasAgg(fig)
     return fig
+
+
+def relative_luminance(rgba) -> float:
+    """WCAG relative luminance of an sRGB colour (0 = black, 1 = white)."""
+    channels = [c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4 for c in rgba[:3]]
+    return 0.2126 * channels[0] + 0.7152 * channels[1] + 0.0722 * channels[2]
+
+
+def text_colour(rgba) -> str:
+    """White on dark cells, black on light ones: whichever contrasts more with the cell."""
+    return "white" if relative_luminance(rgba) < DARK_LUMINANCE else "black"
+
+
+def robust_limits(points: np.ndarray, lows: np.ndarray, highs: np.ndarray, *, include_zero: bool = True) -> tuple[float, float]:
+    """Axis limits that show every point estimate and the CIs that are of a reasonable size.
+
+    The span of the point estimates (at least 0.5 wide) may be extended by twice itself on
+    each side to fit CI bounds; a bound beyond that is clipped (and drawn as an arrow), so one
+    degenerate CI of -50 cannot squeeze every other row into a pixel.
+    """
+    pts = np.asarray(points, dtype=float)
+    pts = pts[np.isfinite(pts)]
+    base = np.concatenate([pts, [0.0]]) if include_zero else pts
+    if base.size == 0:
+        return -1.0, 1.0
+    a, b = float(base.min()), float(base.max())
+    span = max(b - a, 0.5)
+    far_low, far_high = a - 2 * span, b + 2 * span
+    bounds = np.concatenate([np.asarray(lows, dtype=float), np.asarray(highs, dtype=float)])
+    bounds = bounds[np.isfinite(bounds) & (bounds >= far_low) & (bounds <= far_high)]
+    lo, hi = min(a, *bounds) if bounds.size else a, max(b, *bounds) if bounds.size else b
+    pad = 0.05 * max(hi - lo, 0.5)
+    return max(lo - pad, far_low), min(hi + pad, far_high)
+
+
+def _draw_intervals(ax, centre: np.ndarray, pos: np.ndarray, lows: np.ndarray, highs: np.ndarray,
+                    limits: tuple[float, float], *, color, vertical: bool = False) -> None:
+    """CI bars clipped to ``limits``; a clipped end gets an arrow head, a withheld CI no bar."""
+    lim_lo, lim_hi = limits
+    for c, p, lo, hi in zip(centre, pos, lows, highs):
+        if not (np.isfinite(c) and np.isfinite(lo) and np.isfinite(hi)):
+            continue
+        a, b = max(lo, lim_lo), min(hi, lim_hi)
+        if vertical:
+            ax.vlines(p, a, b, color=color, lw=1.0)
+        else:
+            ax.hlines(p, a, b, color=color, lw=1.0)
+        for end, clipped, arrow in ((a, lo < lim_lo, "v" if vertical else "<"), (b, hi > lim_hi, "^" if vertical else ">")):
+            marker = arrow if clipped else ("_" if vertical else "|")
+            xy = (p, end) if vertical else (end, p)
+            ax.plot(*xy, marker=marker, color=color, ms=6 if clipped else 5, clip_on=False)
 
 
 def _fit(fig: Figure, *, left_labels=(), bottom: float = 0.6, top: float = 0.4, right: float = 0.25, wspace: float | None = None) -> None:
@@ -58,32 +110,49 @@ def _summary(frame: pd.DataFrame) -> pd.DataFrame:
     return frame[frame["dataset"] == POOLED] if (frame["dataset"] == POOLED).any() else frame
 
 
+def forest_order(effects: pd.DataFrame) -> list[str]:
+    """Conditions by descending d (pooled d when there is one, else the mean over datasets); no d last."""
+    summary = _summary(effects)
+    d = summary.groupby("condition", sort=False)["d"].apply(lambda x: pd.to_numeric(x, errors="coerce").mean())
+    known = list(dict.fromkeys(effects["condition"]))
+    return sorted(known, key=lambda c: (-d.get(c) if pd.notna(d.get(c, np.nan)) else np.inf, known.index(c)))
+
+
 def forest_plot(effects: pd.DataFrame, title: str) -> Figure:
-    """d with its bootstrap CI per condition, one marker per dataset, pooled as a diamond."""
-    conditions = list(dict.fromkeys(effects["condition"]))
+    """d with its bootstrap CI per condition, sorted by d, one marker per dataset (pooled a
+    diamond), each row labelled with its significance mark and n; withheld CIs draw no bar."""
+    conditions = forest_order(effects)
     datasets = list(dict.fromkeys(effects["dataset"]))
-    fig = _new_figure(7.5, 0.9 + 0.38 * len(conditions) * max(1, min(len(datasets), 3)) ** 0.5)
+    fig = _new_figure(8.0, 0.9 + 0.38 * len(conditions) * max(1, min(len(datasets), 3)) ** 0.5)
     ax = fig.add_subplot()
+    d_all = pd.to_numeric(effects["d"], errors="coerce").to_numpy(dtype=float)
+    limits = robust_limits(d_all, pd.to_numeric(effects["ci_low"], errors="coerce").to_numpy(dtype=float),
+                           pd.to_numeric(effects["ci_high"], errors="coerce").to_numpy(dtype=float))
     step = 0.8 / max(len(datasets), 1)
     for k, ds in enumerate(datasets):
         rows = effects[effects["dataset"] == ds].set_index("condition").reindex(conditions)
         y = np.arange(len(conditions)) + (k - (len(datasets) - 1) / 2) * step
-        d = rows["d"].astype(float).to_numpy()
-        lo = rows["ci_low"].astype(float).to_numpy()
-        hi = rows["ci_high"].astype(float).to_numpy()
-        err = np.vstack([np.where(np.isfinite(lo), d - lo, 0), np.where(np.isfinite(hi), hi - d, 0)])
+        d = pd.to_numeric(rows["d"], errors="coerce").to_numpy(dtype=float)
+        lo = pd.to_numeric(rows["ci_low"], errors="coerce").to_numpy(dtype=float)
+        hi = pd.to_numeric(rows["ci_high"], errors="coerce").to_numpy(dtype=float)
         pooled = ds == POOLED
-        ax.errorbar(
-            d, y, xerr=np.nan_to_num(err), fmt="D" if pooled else "o", ms=6 if pooled else 4, capsize=2,
-            color="black" if pooled else None, label=ds, lw=1.2 if pooled else 0.8,
-        )
+        colour = "black" if pooled else f"C{k % 10}"
+        _draw_intervals(ax, d, y, lo, hi, limits, color=colour)
+        ax.plot(np.clip(d, *limits), y, "D" if pooled else "o", ms=6 if pooled else 4, color=colour, label=ds, ls="none")
+        for yi, mark, n in zip(y, rows["mark"], rows["n"]):
+            if isinstance(mark, str):
+                label = f"{mark} n={int(n)}" if pd.notna(n) else mark
+                ax.annotate(label, (1.0, yi), xycoords=("axes fraction", "data"), xytext=(4, 0),
+                            textcoords="offset points", va="center", fontsize=6, color=colour)
+    ax.set_xlim(*limits)
     ax.axvline(0, color="grey", lw=0.8, ls="--")
     ax.set_yticks(np.arange(len(conditions)), conditions)
     ax.invert_yaxis()
-    ax.set_xlabel("Cohen's d of paired deltas (positive = condition helps), 95% bootstrap CI")
+    ax.set_xlabel("Cohen's d of paired deltas (positive = condition helps), 95% BCa bootstrap CI\n"
+                  "(arrow: CI runs past the axis; no bar: CI withheld)", fontsize=8)
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=7, loc="best")
-    _fit(fig, left_labels=conditions)
+    _fit(fig, left_labels=conditions, right=0.95, bottom=0.8)
     return fig
 
 
@@ -101,7 +170,8 @@ def heatmap(matrix: pd.DataFrame, title: str, xlabel: str, ax=None, fig: Figure 
     ax.set_yticks(range(matrix.shape[0]), [str(r) for r in matrix.index])
     for (i, j), v in np.ndenumerate(values):
         if np.isfinite(v):
-            ax.text(j, i, f"{v:+.2f}", ha="center", va="center", fontsize=7)
+            ax.text(j, i, f"{v:+.2f}", ha="center", va="center", fontsize=7,
+                    color=text_colour(image.cmap(image.norm(v))))
     ax.set_xlabel(xlabel)
     ax.set_title(title, fontsize=9)
     fig.colorbar(image, ax=ax, shrink=0.8, label="d")
@@ -152,11 +222,13 @@ def structural_figure(structural: pd.DataFrame, title: str) -> Figure:
     fig = _new_figure(6.0, 3.5)
     ax = fig.add_subplot()
     x = np.arange(len(structural))
-    frac = structural["fraction"].astype(float).to_numpy()
-    lo = structural["ci_low"].astype(float).to_numpy()
-    hi = structural["ci_high"].astype(float).to_numpy()
-    err = np.vstack([np.nan_to_num(frac - lo), np.nan_to_num(hi - frac)])
-    ax.bar(x, np.nan_to_num(frac), yerr=err, capsize=3, color="#7a9cc6")
+    frac = pd.to_numeric(structural["fraction"], errors="coerce").to_numpy(dtype=float)
+    lo = pd.to_numeric(structural["ci_low"], errors="coerce").to_numpy(dtype=float)
+    hi = pd.to_numeric(structural["ci_high"], errors="coerce").to_numpy(dtype=float)
+    limits = robust_limits(np.append(frac, 1.0), lo, hi)
+    ax.bar(x, np.clip(np.nan_to_num(frac), *limits), color="#7a9cc6")
+    _draw_intervals(ax, frac, x, lo, hi, limits, color="black", vertical=True)
+    ax.set_ylim(*limits)
     ax.axhline(1.0, color="grey", lw=0.8, ls="--")
     ax.set_xticks(x, structural["dataset"].astype(str))
     ax.set_ylabel("d(random) / d(oracle)")
@@ -183,11 +255,14 @@ def factorial_figure(factorial: pd.DataFrame, title: str) -> Figure:
     labels = [f"{r.factorial}: {r.contrast} {r.step}" for r in rows.itertuples()]
     fig = _new_figure(7.0, 1.0 + 0.32 * len(rows))
     ax = fig.add_subplot()
-    d = rows["d"].astype(float).to_numpy()
-    err = np.vstack(
-        [np.nan_to_num(d - rows["ci_low"].astype(float).to_numpy()), np.nan_to_num(rows["ci_high"].astype(float).to_numpy() - d)]
-    )
-    ax.errorbar(d, np.arange(len(rows)), xerr=err, fmt="o", capsize=2)
+    d = pd.to_numeric(rows["d"], errors="coerce").to_numpy(dtype=float)
+    lo = pd.to_numeric(rows["ci_low"], errors="coerce").to_numpy(dtype=float)
+    hi = pd.to_numeric(rows["ci_high"], errors="coerce").to_numpy(dtype=float)
+    limits = robust_limits(d, lo, hi)
+    y = np.arange(len(rows))
+    _draw_intervals(ax, d, y, lo, hi, limits, color="C0")
+    ax.plot(np.clip(d, *limits), y, "o", color="C0", ls="none")
+    ax.set_xlim(*limits)
     ax.axvline(0, color="grey", lw=0.8, ls="--")
     ax.set_yticks(np.arange(len(rows)), labels)
     ax.invert_yaxis()
@@ -250,7 +325,7 @@ def attention_layer_figure(by_layer: pd.DataFrame, title: str) -> Figure:
     return fig
 
 
-def make_figures(report: AnalysisReport) -> dict[str, Figure]:
+def make_figures(report: ReportData) -> dict[str, Figure]:
     """Every figure the report's tables support, keyed by file name (``*.png``)."""
     figs: dict[str, Figure] = {}
     multi = len(report.info.get("models", [])) > 1 or len(report.info.get("modes", [])) > 1
@@ -290,13 +365,18 @@ def make_figures(report: AnalysisReport) -> dict[str, Figure]:
     return figs
 
 
-def save_figures(report: AnalysisReport, directory: str | Path) -> list[Path]:
-    """Write every figure as PNG into ``directory``; returns the paths."""
+def save_figures(report: ReportData, directory: str | Path, *, formats: tuple[str, ...] = FORMATS,
+                 dpi: int = DPI) -> list[Path]:
+    """Write every figure into ``directory`` once per format (PNG, PDF, SVG); returns the paths.
+
+    ``dpi`` sets the PNG's resolution (PDF and SVG are vector, their text stays text).
+    """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     paths = []
     for filename, fig in make_figures(report).items():
-        path = directory / filename
-        fig.savefig(path)
-        paths.append(path)
+        for fmt in formats:
+            path = directory / Path(filename).with_suffix(f".{fmt}").name
+            fig.savefig(path, dpi=dpi, format=fmt)
+            paths.append(path)
     return paths

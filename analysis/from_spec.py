@@ -8,16 +8,27 @@ from typing import Any
 import yaml
 from sqlalchemy import Engine
 
-from analysis.mlflow_log import default_params, log_to_mlflow, resolve_tracking_uri, write_artifacts
+from analysis.mlflow_log import (
+    LoggedRun,
+    default_params,
+    log_analysis,
+    resolve_tracking_uri,
+    write_artifacts,
+)
+from analysis.provenance import provenance
 from analysis.report import AnalysisReport, analyze_experiment
 
 
 @dataclass
 class SpecAnalysis:
+    """One analysis: the report, where MLflow holds it, where ``--out`` wrote it."""
+
     report: AnalysisReport
     tracking_uri: str | None
     mlflow_run_id: str | None
     out_dir: Path | None
+    mlflow: LoggedRun | None = None  # created=False: the inputs were unchanged, this is the existing run
+    provenance: dict | None = None
 
 
 def plan_from_spec(spec: Any) -> dict[str, Any]:
@@ -62,12 +73,13 @@ def analyze_spec(
     uri = resolve_tracking_uri(db_url, mlflow_uri) if mlflow else None
     report = analyze_experiment(engine, spec.name, plan_from_spec(spec), run_id=run_id, bootstrap=bootstrap, seed=seed)
     text = spec_text(spec)
-    mlflow_run = None
+    record = provenance(report, db_url, spec_hash=spec.spec_hash())
+    logged = None
     if uri:
-        mlflow_run = log_to_mlflow(report, uri, f"{spec.name} run {report.run_id}",
-                                   default_params(db_url, spec_hash=spec.spec_hash()), text)
+        logged = log_analysis(report, uri, f"{spec.name} run {report.run_id}",
+                              default_params(db_url, spec_hash=spec.spec_hash()), text, provenance=record)
     out_dir = None
     if out:
         out_dir = Path(out)
-        write_artifacts(report, out_dir, text)
-    return SpecAnalysis(report, uri, mlflow_run, out_dir)
+        write_artifacts(report, out_dir, text, provenance=record)
+    return SpecAnalysis(report, uri, logged.run_id if logged else None, out_dir, logged, record)

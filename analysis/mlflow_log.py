@@ -8,27 +8,32 @@ MLflow state, run-context git lookups or system-metrics threads are involved.
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import logging
 import os
 import re
-import subprocess
 import tempfile
 import time
 import warnings
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import pandas as pd
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+from analysis.provenance import (
+    absolute_db_url,
+    describe_changes,
+    fingerprint_parts,
+    git_commit,
+    input_fingerprint,
+)
+from analysis.render import render_report
+from analysis.report_data import ReportData, frame_records
+from tracker import settings
 from tracker.errors import ConfigError
-
-if TYPE_CHECKING:
-    from analysis.report import AnalysisReport
 
 ENV_TRACKING_URI = "MLFLOW_TRACKING_URI"
 MAX_PARAM_LENGTH = 6000  # MLflow caps a param value at 6,000 characters
@@ -93,35 +98,21 @@ def check_tracking_uri(tracking_uri: str, db_url: str) -> None:
 
 def resolve_tracking_uri(db_url: str, explicit: str | None = None) -> str:
     """``explicit``, else ``$MLFLOW_TRACKING_URI``, else :func:`default_tracking_uri`; never our db."""
-    uri = explicit or os.environ.get(ENV_TRACKING_URI) or default_tracking_uri(db_url)
+    uri = explicit or settings.mlflow_tracking_uri() or default_tracking_uri(db_url)
     check_tracking_uri(uri, db_url)
     return uri
 
 
 # ---------------------------------------------------------------- run params
 
-@functools.lru_cache(maxsize=1)
-def git_commit() -> str:
-    """The tracker checkout's commit (one ``git rev-parse``), or "unknown" for an installed package."""
-    here = Path(__file__).resolve().parent
-    try:
-        out = subprocess.run(
-            ["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=False
-        )
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    commit = out.stdout.strip()
-    return commit if out.returncode == 0 and re.fullmatch(r"[0-9a-f]{40}", commit) else "unknown"
-
-
 def default_params(db_url: str, *, spec_hash: str | None = None) -> dict:
-    """Params every analysis run carries: tracker version, git commit, database (no password)."""
+    """Params every analysis run carries: tracker version, git commit, database (absolute, no password)."""
     import tracker
 
     params = {
         "tracker_version": tracker.__version__,
-        "git_commit": git_commit(),
-        "db_url": make_url(db_url).render_as_string(hide_password=True),
+        "git_commit": git_commit() or "unknown",
+        "db_url": absolute_db_url(db_url),
     }
     if spec_hash:
         params["spec_hash"] = spec_hash
@@ -145,11 +136,17 @@ def _finite(value) -> float | None:
     return value if value == value and abs(value) != float("inf") else None
 
 
-def report_metrics(report: AnalysisReport) -> dict[str, float]:
+# metric name -> effects column; a withheld CI (None) logs no ci_low / ci_high
+EFFECT_METRICS = (("d", "d"), ("ci_low", "ci_low"), ("ci_high", "ci_high"), ("p", "p_ttest"), ("p_holm", "p_holm"),
+                  ("n", "n"), ("win_rate", "win_rate"), ("mean_delta", "mean_delta"))
+
+
+def report_metrics(report: ReportData) -> dict[str, float]:
     """Metrics named ``<kind>.<dataset>.<condition>``, prefixed by model and/or mode when
     the report has several.
 
-    ``d.<dataset>.<condition>`` is the main table's d against the main reference; other
+    ``d.<dataset>.<condition>`` is the main table's d against the main reference (and
+    ``ci_low``, ``ci_high``, ``p``, ``p_holm``, ``n``, ``win_rate``, ``mean_delta`` beside it); other
     tables get their own prefix (``hard.d``, ``semantic.d``, ``cmp.d``); effects against
     further references end in ``.vs_<reference>``.
     """
@@ -171,8 +168,8 @@ def report_metrics(report: AnalysisReport) -> dict[str, float]:
         kind = prefix.get(r.table, [r.table])
         cond = f"{r.condition}_vs_{r.reference}" if r.table == "comparison" else r.condition
         tail = [] if r.table in ("comparison", "semantic") or r.reference == main_ref else [f"vs_{r.reference}"]
-        for stat in ("d", "win_rate", "mean_delta"):
-            put([*kind, stat, r.dataset, cond, *tail], getattr(r, stat), r.model, r.mode)
+        for stat, column in EFFECT_METRICS:
+            put([*kind, stat, r.dataset, cond, *tail], getattr(r, column), r.model, r.mode)
     for r in report.tables.get("structural", pd.DataFrame()).itertuples():
         put(["structural_fraction", r.dataset], r.fraction, r.model, r.mode)
     for r in report.tables.get("gradient", pd.DataFrame()).itertuples():
@@ -227,60 +224,163 @@ def _artifact_location(tracking_uri: str, experiment: str) -> str | None:
     return root.as_uri()
 
 
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+# MLflow 3's UI opens an experiment of this kind on its runs table; 3.x releases with the
+# GenAI / machine-learning switch in the sidebar decide by the URL's ``workflowType`` instead
+# (:func:`experiment_url`).
+EXPERIMENT_KIND = "custom_model_development"
+FINGERPRINT_TAG = "tracker.fingerprint"
+INPUT_TAG_PREFIX = "tracker.input."
+NOTE_TAG = "mlflow.note.content"
+
+
+def experiment_url(experiment_id: str, server: str = "http://127.0.0.1:5000") -> str:
+    """The experiment's runs table in the MLflow UI (MLflow 3 otherwise opens on its GenAI overview)."""
+    return f"{server.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+
+
 def _experiment_id(client, name: str, tracking_uri: str) -> str:
-    found = client.get_experiment_by_name(name)
-    if found is not None:
-        return found.experiment_id
     from mlflow.exceptions import MlflowException
 
-    try:
-        return client.create_experiment(name, artifact_location=_artifact_location(tracking_uri, name))
-    except MlflowException:  # created concurrently by another analysis
-        found = client.get_experiment_by_name(name)
-        if found is None:
-            raise
-        return found.experiment_id
+    found = client.get_experiment_by_name(name)
+    if found is None:
+        try:
+            exp_id = client.create_experiment(name, artifact_location=_artifact_location(tracking_uri, name),
+                                              tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+            client.set_experiment_tag(exp_id, NOTE_TAG, f"Analyses of tracker experiment `{name}`: one run per "
+                                      "analysed input (re-analysing unchanged inputs adds no run).")
+            return exp_id
+        except MlflowException:  # created concurrently by another analysis
+            found = client.get_experiment_by_name(name)
+            if found is None:
+                raise
+    if EXPERIMENT_KIND_TAG not in found.tags:
+        client.set_experiment_tag(found.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+    return found.experiment_id
 
 
-def write_artifacts(report: AnalysisReport, directory: Path, spec_text: str | None, *, figures: bool = True) -> None:
-    """Tables (CSV + JSON), the text report, the spec and the figures, laid out for MLflow."""
+def write_artifacts(report: ReportData, directory: Path, spec_text: str | None, *, figures: bool = True,
+                    provenance: Mapping | None = None, table_json: bool = True) -> None:
+    """Tables (CSV, and JSON records unless MLflow logs them as tables), the text report,
+    the spec, ``provenance.json`` and the figures (PNG, PDF, SVG)."""
     tables_dir = directory / "tables"
     tables_dir.mkdir(parents=True, exist_ok=True)
-    from analysis.report import frame_records
-
     for name, table in report.tables.items():
         table.to_csv(tables_dir / f"{name}.csv", index=False)
-        (tables_dir / f"{name}.json").write_text(json.dumps(frame_records(table), indent=1, allow_nan=False))
+        if table_json:
+            (tables_dir / f"{name}.json").write_text(json.dumps(frame_records(table), indent=1, allow_nan=False))
     (directory / "report.json").write_text(report.to_json())
-    (directory / "report.txt").write_text(report.render_text())
+    (directory / "report.txt").write_text(render_report(report))
     if spec_text is not None:
         (directory / "spec.yaml").write_text(spec_text)
+    if provenance is not None:
+        (directory / "provenance.json").write_text(json.dumps(provenance, indent=2, sort_keys=True, default=str))
     if figures:
         from analysis.figures import save_figures
 
         save_figures(report, directory / "figures")
 
 
-def log_to_mlflow(
-    report: AnalysisReport,
+@dataclass
+class LoggedRun:
+    """The MLflow run holding an analysis: new, or the existing one when the inputs are unchanged."""
+
+    run_id: str
+    experiment_id: str
+    created: bool
+    changes: list[str] = field(default_factory=list)  # what differs from the experiment's previous run
+    previous_run_id: str | None = None
+
+
+def _find_runs(client, exp_id: str, filter_string: str = "", max_results: int = 1):
+    return client.search_runs([exp_id], filter_string=filter_string, order_by=["attributes.start_time DESC"],
+                              max_results=max_results)
+
+
+def _headline_rows(report: ReportData) -> list[str]:
+    """The main effects (pooled when there are several datasets) as a markdown table."""
+    eff = report.effects
+    if eff.empty:
+        return []
+    main = eff[(eff["table"] == "main") & (eff["reference"] == report.info.get("reference"))]
+    if (main["dataset"] == "pooled").any():
+        main = main[main["dataset"] == "pooled"]
+    lines = ["| model / mode | dataset | condition | d | 95% CI | mark | p_holm | n |", "|---|---|---|---|---|---|---|---|"]
+    for r in main.itertuples():
+        d = "n/a" if r.d is None or pd.isna(r.d) else f"{r.d:+.3f}"
+        ci = "withheld" if r.ci_low is None or pd.isna(r.ci_low) else f"[{r.ci_low:+.3f}, {r.ci_high:+.3f}]"
+        p = "n/a" if r.p_holm is None or pd.isna(r.p_holm) else f"{r.p_holm:.2g}"
+        lines.append(f"| {r.model} / {r.mode} | {r.dataset} | {r.condition} | {d} | {ci} | {r.mark} | {p} | {r.n} |")
+    return lines
+
+
+def run_description(report: ReportData, provenance: Mapping, changes: list[str], previous: str | None) -> str:
+    """The run's description (markdown): what was analysed, the main effects, notes, what changed."""
+    info = report.info
+    per_ds = ", ".join(f"{k} {v}" for k, v in info.get("n_per_dataset", {}).items())
+    versions = ", ".join(f"{k}: {v}" for k, v in info.get("scorer_versions", {}).items())
+    lines = [
+        f"**{report.experiment}**, tracker run {report.run_id}: {info.get('n_samples', 0)} samples ({per_ds}), "
+        f"{info.get('n_scores', 0)} scores; scorer {versions}; bootstrap {info.get('bootstrap')} (BCa), "
+        f"seed {info.get('seed')}.",
+        "",
+        f"Code: tracker {provenance.get('tracker_version')}, commit {provenance.get('git_commit') or 'unknown'}, "
+        f"analysis {provenance.get('analysis_version')}; spec {provenance.get('spec_hash') or '-'}; "
+        f"database {provenance.get('db_url') or '-'}.",
+    ]
+    if previous is None:
+        lines += ["", "First analysis logged for this experiment."]
+    else:
+        lines += ["", f"Changed since run {previous}:", *[f"- {c}" for c in changes]]
+    headline = _headline_rows(report)
+    if headline:
+        lines += ["", "Main effects (delta = NLL(reference) - NLL(condition), positive = helps):", "", *headline]
+    if report.notes:
+        lines += ["", "Notes:", *[f"- {n}" for n in report.notes]]
+    return "\n".join(lines)
+
+
+def _provenance_tags(record: Mapping, fingerprint: str, parts: Mapping[str, str]) -> dict[str, str]:
+    tags = {
+        FINGERPRINT_TAG: fingerprint,
+        "tracker.version": str(record.get("tracker_version")),
+        "tracker.analysis_version": str(record.get("analysis_version")),
+        "tracker.spec_hash": str(record.get("spec_hash") or ""),
+        "tracker.scorer_versions": json.dumps(record.get("scorer_versions", {}), sort_keys=True),
+        "tracker.db_url": str(record.get("db_url") or ""),
+        **{f"tracker.package.{k}": v for k, v in record.get("packages", {}).items()},
+        **{INPUT_TAG_PREFIX + k: v for k, v in parts.items()},
+    }
+    if record.get("git_commit"):
+        tags["tracker.git_commit"] = record["git_commit"]
+        tags["mlflow.source.git.commit"] = record["git_commit"]
+    return tags
+
+
+def log_analysis(
+    report: ReportData,
     tracking_uri: str,
     run_name: str,
     params: Mapping | None = None,
     spec_text: str | None = None,
     *,
+    provenance: Mapping | None = None,
     experiment_name: str | None = None,
     figures: bool = True,
-) -> str:
-    """Log one analysis as one MLflow run (named ``run_name``) and return its run id.
+) -> LoggedRun:
+    """Log one analysis as one MLflow run, unless a finished run already holds the same inputs.
 
-    Params: the report's (models, N, seed, scorer version, ...) updated with ``params`` (e.g.
-    :func:`default_params`: spec hash, tracker version, git commit, db URL without password).
-    Metrics: :func:`report_metrics`. Artifacts: ``spec.yaml``, ``report.json``,
-    ``report.txt``, ``tables/<name>.csv|json`` and ``figures/*.png``.
+    The inputs' fingerprint (:func:`analysis.provenance.input_fingerprint`: tracker run,
+    spec hash, scorer versions, analysis code, the analysed scores, bootstrap settings,
+    plan) is a tag; a finished run with the same tag is returned instead of a new one. A new
+    run's description says what changed since the experiment's previous run.
     """
-    # no system-metrics thread, no usage telemetry (these machines are often offline)
-    os.environ.setdefault("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "false")
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    from analysis.provenance import provenance as make_provenance
+
+    record = dict(provenance) if provenance is not None else make_provenance(report)
+    parts = fingerprint_parts(record)
+    fingerprint = input_fingerprint(record)
+    settings.quiet_mlflow()
     # import first: importing mlflow configures its loggers, which would undo quiet_mlflow
     from mlflow import MlflowClient
     from mlflow.entities import Metric, Param, RunTag
@@ -288,11 +388,23 @@ def log_to_mlflow(
     with quiet_mlflow():
         client = MlflowClient(tracking_uri=tracking_uri)
         exp_id = _experiment_id(client, experiment_name or report.experiment, tracking_uri)
+        same = _find_runs(client, exp_id, f"tags.`{FINGERPRINT_TAG}` = '{fingerprint}' and attributes.status = 'FINISHED'")
+        if same:
+            return LoggedRun(same[0].info.run_id, exp_id, created=False)
+        previous = _find_runs(client, exp_id, f"tags.`{FINGERPRINT_TAG}` != ''")
+        prev = previous[0] if previous else None
+        changes = []
+        if prev is not None:
+            old = {k[len(INPUT_TAG_PREFIX):]: v for k, v in prev.data.tags.items() if k.startswith(INPUT_TAG_PREFIX)}
+            changes = describe_changes(old, parts)
+        prev_label = f"{prev.info.run_name} ({prev.info.run_id})" if prev is not None else None
         tags = {
             "tracker.experiment": report.experiment,
             "tracker.run_id": str(report.run_id),
             "mlflow.source.name": "tracker analyze",
             "mlflow.source.type": "LOCAL",
+            NOTE_TAG: run_description(report, record, changes, prev_label),
+            **_provenance_tags(record, fingerprint, parts),
         }
         run = client.create_run(exp_id, run_name=run_name, tags=tags)
         run_id = run.info.run_id
@@ -307,10 +419,37 @@ def log_to_mlflow(
                 client.log_batch(run_id, metrics=metric_items[start : start + MAX_METRICS_PER_BATCH], synchronous=True)
             client.log_batch(run_id, tags=[RunTag("tracker.notes", _param_value(" | ".join(report.notes)))], synchronous=True)
             with tempfile.TemporaryDirectory(prefix="tracker-mlflow-") as tmp:
-                write_artifacts(report, Path(tmp), spec_text, figures=figures)
+                write_artifacts(report, Path(tmp), spec_text, figures=figures, provenance=record, table_json=False)
                 client.log_artifacts(run_id, tmp)
+            for name, table in report.tables.items():  # JSON tables the UI renders (log_table's format)
+                client.log_table(run_id, data=_loggable(table), artifact_file=f"tables/{name}.json")
         except BaseException:
             client.set_terminated(run_id, status="FAILED")
             raise
         client.set_terminated(run_id, status="FINISHED")
-    return run_id
+    return LoggedRun(run_id, exp_id, created=True, changes=changes,
+                     previous_run_id=prev.info.run_id if prev is not None else None)
+
+
+def _loggable(table: pd.DataFrame) -> pd.DataFrame:
+    """The table with JSON-safe cells (NaN -> None, dicts as JSON text) for ``log_table``."""
+    cells = table.astype(object).map(lambda v: json.dumps(v, sort_keys=True) if isinstance(v, (dict, list)) else v)
+    cells = cells.where(table.notna().to_numpy(), None)
+    cells.columns = [str(c) for c in table.columns]
+    return cells
+
+
+def log_to_mlflow(
+    report: ReportData,
+    tracking_uri: str,
+    run_name: str,
+    params: Mapping | None = None,
+    spec_text: str | None = None,
+    *,
+    experiment_name: str | None = None,
+    figures: bool = True,
+    provenance: Mapping | None = None,
+) -> str:
+    """:func:`log_analysis`, returning only the run id (new, or the unchanged inputs' existing run)."""
+    return log_analysis(report, tracking_uri, run_name, params, spec_text, provenance=provenance,
+                        experiment_name=experiment_name, figures=figures).run_id

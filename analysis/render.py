@@ -5,14 +5,10 @@ CI, Holm p and n beside it.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import pandas as pd
 
+from analysis.report_data import ReportData
 from analysis.views import POOLED
-
-if TYPE_CHECKING:
-    from analysis.report import AnalysisReport
 
 TABLE_TITLES = {
     "main": "Effects vs {ref} (all complete pairs)",
@@ -32,9 +28,16 @@ def _p(x) -> str:
     return f"{x:.1e}" if x < 0.001 else f"{x:.3f}"
 
 
+def _ci(low, high, note, fmt: str = "{:+.3f}") -> str:
+    """``[low, high]``; ``[CI withheld]`` where the statistics withheld it; blank without a bootstrap."""
+    if low is not None and not pd.isna(low):
+        return f"[{_num(low, fmt)}, {_num(high, fmt)}]"
+    return "[CI withheld]" if isinstance(note, str) and "withheld" in note else ""
+
+
 def effect_line(row) -> str:
     """One effect in the seed's words, with CI, p's and n."""
-    ci = f"[{_num(row.ci_low)}, {_num(row.ci_high)}]" if row.ci_low is not None and not pd.isna(row.ci_low) else ""
+    ci = _ci(row.ci_low, row.ci_high, row.note)
     win = _num(row.win_rate, "{:.1%}")
     note = f"  ({row.note})" if isinstance(row.note, str) and row.note else ""
     return (
@@ -48,7 +51,7 @@ def _scope(model: str, mode: str, multi: bool) -> str:
     return f" [{model} / {mode}]" if multi else ""
 
 
-def _effects_section(report: AnalysisReport, multi: bool) -> list[str]:
+def _effects_section(report: ReportData, multi: bool) -> list[str]:
     lines: list[str] = []
     eff = report.effects
     if eff.empty:
@@ -77,21 +80,21 @@ def _summary_dataset(frame: pd.DataFrame) -> pd.DataFrame:
     return frame[frame["dataset"] == POOLED] if (frame["dataset"] == POOLED).any() else frame
 
 
-def _structural_section(report: AnalysisReport) -> list[str]:
+def _structural_section(report: ReportData) -> list[str]:
     table = report.tables.get("structural")
     if table is None or table.empty:
         return []
     lines = ["\n== Structural fraction d(random)/d(oracle) =="]
     for r in table.itertuples():
         lines.append(
-            f"  {r.dataset:<12} fraction={_num(r.fraction, '{:.0%}')} [{_num(r.ci_low, '{:.0%}')}, {_num(r.ci_high, '{:.0%}')}]"
+            f"  {r.dataset:<12} fraction={_num(r.fraction, '{:.0%}')} {_ci(r.ci_low, r.ci_high, r.note, '{:.0%}')}"
             f"  d_random={_num(r.d_random)} d_oracle={_num(r.d_oracle)}  semantic (random - oracle) "
             f"d={_num(r.semantic_d)} p={_p(r.semantic_p)} n={r.n}" + (f"  ({r.note})" if r.note else "")
         )
     return lines
 
 
-def _ranking_section(report: AnalysisReport) -> list[str]:
+def _ranking_section(report: ReportData) -> list[str]:
     table = report.tables.get("ranking")
     if table is None or table.empty:
         return []
@@ -104,7 +107,7 @@ def _ranking_section(report: AnalysisReport) -> list[str]:
     return lines
 
 
-def _hardness_section(report: AnalysisReport) -> list[str]:
+def _hardness_section(report: ReportData) -> list[str]:
     table = report.tables.get("hardness")
     if table is None or table.empty:
         return []
@@ -116,7 +119,7 @@ def _hardness_section(report: AnalysisReport) -> list[str]:
     return lines
 
 
-def _gradient_section(report: AnalysisReport) -> list[str]:
+def _gradient_section(report: ReportData) -> list[str]:
     table = report.tables.get("gradient")
     if table is None or table.empty:
         return []
@@ -126,7 +129,7 @@ def _gradient_section(report: AnalysisReport) -> list[str]:
     return lines
 
 
-def _factorial_section(report: AnalysisReport) -> list[str]:
+def _factorial_section(report: ReportData) -> list[str]:
     table = report.tables.get("factorial")
     if table is None or table.empty:
         return []
@@ -140,7 +143,7 @@ def _factorial_section(report: AnalysisReport) -> list[str]:
     return lines
 
 
-def _decomposition_section(report: AnalysisReport) -> list[str]:
+def _decomposition_section(report: ReportData) -> list[str]:
     table = report.tables.get("decomposition")
     if table is None or table.empty:
         return []
@@ -148,13 +151,13 @@ def _decomposition_section(report: AnalysisReport) -> list[str]:
     for r in table.itertuples():
         lines.append(
             f"  {r.decomposition} [{r.mode}] {r.dataset:<12} {r.part}/{r.whole} fraction={_num(r.fraction, '{:.0%}')} "
-            f"[{_num(r.ci_low, '{:.0%}')}, {_num(r.ci_high, '{:.0%}')}] d_part={_num(r.d_part)} "
+            f"{_ci(r.ci_low, r.ci_high, r.note, '{:.0%}')} d_part={_num(r.d_part)} "
             f"d_whole={_num(r.d_whole)} n={r.n}" + (f"  ({r.note})" if r.note else "")
         )
     return lines
 
 
-def _attention_section(report: AnalysisReport) -> list[str]:
+def _attention_section(report: ReportData) -> list[str]:
     """Mean share (over samples, of each score's mean over answer tokens; mean over layers) per cell."""
     table = report.tables.get("attention")
     if table is None or table.empty:
@@ -168,7 +171,7 @@ def _attention_section(report: AnalysisReport) -> list[str]:
     return lines
 
 
-def _length_section(report: AnalysisReport) -> list[str]:
+def _length_section(report: ReportData) -> list[str]:
     table = report.tables.get("answer_length")
     if table is None or table.empty:
         return []
@@ -180,7 +183,7 @@ def _length_section(report: AnalysisReport) -> list[str]:
     return lines
 
 
-def render_report(report: AnalysisReport) -> str:
+def render_report(report: ReportData) -> str:
     """The whole report as text: header, notes, effects and the other tables' summaries."""
     info = report.info
     multi = len(info.get("models", [])) > 1 or len(info.get("modes", [])) > 1

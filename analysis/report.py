@@ -5,8 +5,6 @@ without a database; :func:`analyze_experiment` adds the SQL loading.
 """
 from __future__ import annotations
 
-import json
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -16,6 +14,9 @@ from sqlalchemy import Engine
 
 from analysis import load, stats, tables
 from analysis.plan import AnalysisPlan, normalize_plan
+from analysis.provenance import score_digest
+from analysis.render import render_report
+from analysis.report_data import ReportData, frame_records
 from analysis.tables import EFFECT_COLUMNS, HARDNESS_COLUMNS, Settings
 from analysis.views import ModeView, build_views
 
@@ -24,99 +25,18 @@ CONVENTIONS = (
     "win = share with NLL(C) < NLL(reference), ties no win; marks from the uncorrected two-sided "
     "paired t-test (*** <0.001, ** <0.01, * <0.05); p_holm = Holm across the conditions of one "
     "table and dataset; Wilcoxon two-sided, zeros dropped; pooled = all datasets' per-sample "
-    "deltas concatenated; CI = percentile bootstrap of d; only complete pairs count."
+    "deltas concatenated; CI = BCa bootstrap of d, withheld below n=10 or when the bootstrap degenerates; only complete pairs count."
 )
 
 
-@dataclass
-class AnalysisReport:
-    """Every table of one experiment run's analysis, plus what was missing and why."""
-
-    experiment: str
-    run_id: int | None
-    tables: dict[str, pd.DataFrame]
-    effects: pd.DataFrame
-    missing: pd.DataFrame
-    notes: list[str] = field(default_factory=list)
-    info: dict = field(default_factory=dict)
-
-    def to_dict(self) -> dict:
-        """JSON-ready: NaN and inf become null, numpy scalars plain numbers."""
-        return {
-            "experiment": self.experiment,
-            "run_id": self.run_id,
-            "info": _json_safe(self.info),
-            "notes": list(self.notes),
-            "effects": frame_records(self.effects),
-            "missing": frame_records(self.missing),
-            "tables": {name: frame_records(t) for name, t in self.tables.items() if name not in ("effects", "missing")},
-        }
-
-    def to_json(self, indent: int | None = 2) -> str:
-        return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
+class AnalysisReport(ReportData):
+    """A report as ``tracker analyze`` prints it: the data plus its text rendering."""
 
     def render_text(self) -> str:
-        from analysis.render import render_report
-
         return render_report(self)
 
-    def mlflow_params(self) -> dict:
-        """What the report itself knows for MLflow params (models, N, seed, scorer versions)."""
-        info = self.info
-        return {
-            "experiment": self.experiment,
-            "run_id": self.run_id,
-            "models": ",".join(info.get("models", [])),
-            "modes": ",".join(info.get("modes", [])),
-            "datasets": ",".join(info.get("datasets", [])),
-            "n_samples": info.get("n_samples"),
-            "n_per_dataset": json.dumps(info.get("n_per_dataset", {}), sort_keys=True),
-            "seed": info.get("seed"),
-            "bootstrap": info.get("bootstrap"),
-            "scorer_version": ",".join(sorted(set(info.get("scorer_versions", {}).values()))),
-            "reference": info.get("reference"),
-        }
 
-
-def _json_safe(value):
-    if isinstance(value, Mapping):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, (np.bool_, bool)):
-        return bool(value)
-    if isinstance(value, (np.integer,)):
-        return int(value)
-    if isinstance(value, (float, np.floating)):
-        return float(value) if math.isfinite(value) else None
-    if value is pd.NA or value is pd.NaT:
-        return None
-    return value
-
-
-def _column_values(series: pd.Series) -> list:
-    """One column as JSON-safe Python values (column-wise: fast for big tables)."""
-    if pd.api.types.is_bool_dtype(series.dtype) and not series.isna().any():
-        return series.astype(bool).tolist()
-    if pd.api.types.is_integer_dtype(series.dtype) and not series.isna().any():
-        return series.astype("int64").tolist()
-    if pd.api.types.is_float_dtype(series.dtype):
-        values = series.to_numpy(dtype=float, na_value=np.nan)
-        return [v if math.isfinite(v) else None for v in values.tolist()]
-    return [_json_safe(None if _is_missing(v) else v) for v in series.tolist()]
-
-
-def _is_missing(value) -> bool:
-    if value is None or value is pd.NA or value is pd.NaT:
-        return True
-    return isinstance(value, float) and not math.isfinite(value)
-
-
-def frame_records(frame: pd.DataFrame) -> list[dict]:
-    """DataFrame rows as JSON-safe dicts (no NaN: missing values are null)."""
-    names = [str(c) for c in frame.columns]
-    columns = [_column_values(frame.iloc[:, j]) for j in range(frame.shape[1])]
-    return [dict(zip(names, values)) for values in zip(*columns)] if len(frame) else []
+__all__ = ["AnalysisReport", "analyze_experiment", "build_report", "frame_records", "relabel_datasets"]
 
 
 def _frame(rows: list[dict], columns: list[str] | None = None) -> pd.DataFrame:
@@ -396,11 +316,8 @@ def build_report(
     ``attention`` :func:`load.load_attention`'s (probing runs).
     """
     plan = normalize_plan(plan)
-    try:
-        return _build_report(results, plan, experiment, run_id, token_parity, selections, int(bootstrap), int(seed),
-                             attention)
-    finally:
-        stats.clear_resample_cache()
+    return _build_report(results, plan, experiment, run_id, token_parity, selections, int(bootstrap), int(seed),
+                         attention)
 
 
 def _build_report(
@@ -455,6 +372,8 @@ def _build_report(
     result_tables["missing"] = missing
     result_tables["scorer_versions"] = versions
     _missing_notes(missing, plan.reference, out)
+    for text in trust_notes(result_tables):
+        out.note(text)
 
     datasets = sorted({ds for v in views for ds in v.datasets}, key=lambda d: (plan.datasets.index(d) if d in plan.datasets else len(plan.datasets), d))
     per_ds = kept.groupby("dataset")["sample_id"].nunique().to_dict() if len(kept) else {}
@@ -467,6 +386,7 @@ def _build_report(
         "n_samples": int(kept["sample_id"].nunique()) if len(kept) else 0,
         "n_per_dataset": {str(k): int(v) for k, v in per_ds.items()},
         "n_scores": int(kept["nll"].notna().sum()) if len(kept) else 0,
+        "scores_sha256": score_digest(kept),
         "n_jobs": int(len(kept)),
         "scorer_versions": {f"{r.model}/{r.mode}": r.scorer_version for r in versions.itertuples()},
         "bootstrap": settings.bootstrap,
@@ -502,6 +422,35 @@ def _consistency_notes(table: pd.DataFrame, out: _Collector) -> None:
             f"{name} vs {ref} ({model}/{mode}): {int(group['consistent'].sum())}/{len(group)} conditions have the "
             f"same sign across all {n_ds} datasets."
         )
+
+
+TRUST_RULES = (
+    (stats.NOTE_SMALL_N, f"Small samples: fewer than {stats.MIN_N_CI} pairs, so the CI is withheld and d and p "
+                         "can swing with a single sample; do not read these as findings"),
+    (stats.NOTE_DEGENERATE, "Degenerate bootstrap (resamples with sd 0 or undefined bounds), so the CI is withheld"),
+    ("denominator d includes 0", "Ratio CI withheld: its denominator d may be 0, so the ratio is unbounded"),
+    (stats.NOTE_LARGE_D, f"|d| >= {stats.LARGE_D:g} from an sd near 0: not an effect size to compare"),
+)
+TRUST_LISTED = 6  # rows named per rule before "and N more"
+
+
+def trust_notes(tables: Mapping[str, pd.DataFrame]) -> list[str]:
+    """One sentence per rule that some rows break: what cannot be trusted, and where."""
+    notes = []
+    for marker, sentence in TRUST_RULES:
+        hits = []
+        for name, table in tables.items():
+            if table.empty or "note" not in table:
+                continue
+            flagged = table[table["note"].fillna("").astype(str).str.contains(marker, regex=False)]
+            for r in flagged.to_dict("records"):
+                label = r.get("condition") or r.get("decomposition") or r.get("contrast") or r.get("random") or ""
+                where = "/".join(str(x) for x in (r.get("table", name), r.get("dataset"), label) if x not in (None, ""))
+                hits.append(f"{where} (n={r.get('n')})")
+        if hits:
+            shown = ", ".join(hits[:TRUST_LISTED]) + (f" and {len(hits) - TRUST_LISTED} more" if len(hits) > TRUST_LISTED else "")
+            notes.append(f"{sentence}: {shown}.")
+    return notes
 
 
 def _missing_notes(missing: pd.DataFrame, reference: str, out: _Collector) -> None:

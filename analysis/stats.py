@@ -10,12 +10,13 @@ Conventions (fixed so that results are comparable across runs):
   default exact/normal choice.
 
 Degenerate inputs (n < 3, all-equal deltas, all-zero deltas) give ``None`` and a ``note``
-saying why, never a crash or a silent NaN.
+saying why, never a crash or a silent NaN. Bootstrap CIs are BCa (``scipy.stats.bootstrap``)
+and are withheld, with a note, below :data:`MIN_N_CI` samples or when the bootstrap
+degenerates; a |d| of :data:`LARGE_D` or more carries a note.
 """
 from __future__ import annotations
 
 import contextlib
-import functools
 import gc
 import math
 import warnings
@@ -28,10 +29,22 @@ from scipy import special
 from scipy import stats as sps
 from statsmodels.stats.multitest import multipletests
 
+from tracker.specs.schema import hardest_count
+
 MIN_N = 3
 NOTE_N = "n<3"
 NOTE_SD0 = "sd=0"
 NOTE_ALL_ZERO = "all deltas zero"
+# Below this many samples a bootstrap CI is withheld: n samples have only C(2n-1, n) distinct
+# resamples (126 at n=5, 92,378 at n=10), many with a near-zero sd, so the resampled d's
+# (and BCa's jackknife acceleration) are dominated by a few extreme draws.
+MIN_N_CI = 10
+NOTE_SMALL_N = f"n<{MIN_N_CI}: CI withheld"
+NOTE_DEGENERATE = "bootstrap degenerate: CI withheld"
+# |d| at least this large comes from an sd that is tiny next to the mean (d=-37.5 at n=3):
+# the point estimate is real arithmetic but not an effect size to compare.
+LARGE_D = 5.0
+NOTE_LARGE_D = f"|d|>={LARGE_D:g}: sd near 0, d unstable"
 
 # Answer-length bins of the seed's exp06 (inclusive word counts; None = open end).
 DEFAULT_LENGTH_BINS: tuple[tuple[int, int | None], ...] = ((1, 2), (3, 5), (6, 20), (21, None))
@@ -204,6 +217,7 @@ def effect_of_deltas(deltas: np.ndarray, *, wilcoxon: bool = True) -> PairedEffe
     t, p_t, note_t = paired_ttest(deltas)
     p_w, note_w = wilcoxon_p(deltas) if wilcoxon else (None, "")
     sd = _clean(deltas.std(ddof=1)) if n >= 2 else None
+    note_large = NOTE_LARGE_D if d is not None and abs(d) >= LARGE_D else ""
     return PairedEffect(
         n=n,
         mean_delta=mean_delta(deltas),
@@ -214,7 +228,7 @@ def effect_of_deltas(deltas: np.ndarray, *, wilcoxon: bool = True) -> PairedEffe
         p_wilcoxon=p_w,
         win_rate=win_rate(deltas),
         mark=significance_mark(p_t),
-        note=_join_notes(note_d, note_t, note_w) if n else "n=0",
+        note=_join_notes(note_d, note_large, note_t, note_w) if n else "n=0",
     )
 
 
@@ -302,77 +316,82 @@ def sample_set_seed(seed: int, sample_ids: np.ndarray) -> tuple[int, int]:
     """Seed entropy keyed by the resampled samples themselves.
 
     Every statistic bootstrapped over the same samples (a condition's d in several tables,
-    the two d's of a structural fraction) then sees the same draws: reproducible, and
-    generated once (see :func:`resample_weights`' cache).
+    the two d's of a structural fraction) then sees the same draws, whatever order the
+    tables are built in.
     """
     return (int(seed), zlib.crc32(np.ascontiguousarray(sample_ids, dtype=np.int64).tobytes()))
 
 
-def resample_weights(n: int, resamples: int, seed: int | tuple[int, ...] | np.random.SeedSequence) -> np.ndarray:
-    """Bootstrap draws as counts: row b says how often each of the n samples was drawn.
-
-    Equivalent to indexing with ``rng.integers(0, n, (resamples, n))``, but lets the mean
-    and sd of every draw for many columns at once come from one matrix product.
-    """
-    if isinstance(seed, tuple):
-        return _cached_weights(n, resamples, seed)
-    return _draw_weights(n, resamples, seed)
-
-
-def _draw_weights(n: int, resamples: int, seed) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, n, size=(resamples, n))  # [resamples, n]
-    flat = idx + (np.arange(resamples, dtype=np.int64) * n)[:, None]
-    counts = np.bincount(flat.ravel(), minlength=resamples * n).reshape(resamples, n)
-    weights = counts.astype(np.uint16 if n < 2**16 else np.int64)  # compact while cached
-    weights.flags.writeable = False
-    return weights
+def _d_along(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Cohen's d along ``axis``; NaN where the sd is 0 in substance (e.g. one sample drawn n times)."""
+    mean = x.mean(axis=axis)
+    sd = x.std(axis=axis, ddof=1)
+    scale = np.maximum(1.0, np.abs(x).max(axis=axis))
+    valid = sd > CONSTANT_RTOL * scale
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(valid, mean / np.where(valid, sd, 1.0), np.nan)
 
 
-@functools.lru_cache(maxsize=16)
-def _cached_weights(n: int, resamples: int, seed: tuple[int, ...]) -> np.ndarray:
-    return _draw_weights(n, resamples, np.random.SeedSequence(list(seed)))
+def _centered_d(center: np.ndarray, scale: np.ndarray):
+    """:func:`_d_along` of ``y + center`` for data centred per column ([k, n] -> [k]): the
+    bootstrap's statistic, in two passes over each resample (sums of y and of y*y)."""
+
+    def statistic(y: np.ndarray, axis: int = -1) -> np.ndarray:
+        n = y.shape[axis]
+        y = np.moveaxis(y, axis, -1)
+        s1 = y.sum(axis=-1)
+        s2 = np.einsum("...i,...i->...", y, y)
+        shape = center.shape + (1,) * (s1.ndim - center.ndim)
+        c, tol = center.reshape(shape), (CONSTANT_RTOL * scale).reshape(shape)
+        mean_c = s1 / n
+        var = np.maximum(s2 - n * mean_c * mean_c, 0.0) / (n - 1)
+        valid = var > tol * tol
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(valid, (mean_c + c) / np.sqrt(np.where(valid, var, 1.0)), np.nan)
+
+    return statistic
 
 
-def clear_resample_cache() -> None:
-    """Drop cached bootstrap draws (a report build clears them when done)."""
-    _cached_weights.cache_clear()
+def _rng(seed: int | tuple[int, ...]) -> np.random.Generator:
+    return np.random.default_rng(np.random.SeedSequence(list(seed)) if isinstance(seed, tuple) else seed)
 
 
-def weighted_d(weights: np.ndarray, values: np.ndarray) -> np.ndarray:
-    """Cohen's d of every bootstrap draw: weights [resamples, n] x values [n, k] -> [resamples, k].
-
-    NaN where a draw's sd is 0 in substance (e.g. one sample drawn n times).
-    """
-    values = np.asarray(values, dtype=float).reshape(values.shape[0], -1)  # [n, k]
-    n, k = values.shape
-    center = values.mean(axis=0)  # [k]
-    x = values - center  # centred for a stable variance
-    sums = weights.astype(float) @ np.hstack([x, x * x])  # [resamples, 2k], one pass over the draws
-    s1, s2 = sums[:, :k], sums[:, k:]
-    mean_c = s1 / n
-    var = (s2 - n * mean_c * mean_c) / (n - 1)
-    scale = np.maximum(1.0, np.abs(values).max(axis=0))  # [k]
-    valid = var > (CONSTANT_RTOL * scale) ** 2
-    sd = np.sqrt(np.where(valid, var, 1.0))
-    return np.where(valid, (mean_c + center) / sd, np.nan)
+def _batch(columns: int, n: int) -> int:
+    """Resamples per scipy batch: about 4 million floats in memory at a time."""
+    return max(1, int(4_000_000 // max(1, columns * n)))
 
 
-def _percentile_ci(values: np.ndarray, level: float) -> tuple[float | None, float | None, str]:
-    finite = values[np.isfinite(values)]
-    if finite.size < max(10, values.size // 2):
-        return None, None, "bootstrap degenerate"
-    alpha = (1.0 - level) / 2.0
-    lo, hi = np.quantile(finite, [alpha, 1.0 - alpha])
-    return _clean(lo), _clean(hi), ""
+def _bca(data: tuple[np.ndarray, ...], statistic, *, resamples: int, seed, level: float, paired: bool = False):
+    """scipy's seeded BCa bootstrap along the last axis: (low, high, bootstrap distribution) arrays."""
+    columns = int(np.prod(data[0].shape[:-1])) or 1
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore")  # DegenerateDataWarning: judged below from the numbers themselves
+        res = sps.bootstrap(
+            data, statistic, n_resamples=resamples, batch=_batch(columns * len(data), data[0].shape[-1]),
+            vectorized=True, paired=paired, axis=-1, confidence_level=level, method="BCa", rng=_rng(seed),
+        )
+    return (np.atleast_1d(res.confidence_interval.low), np.atleast_1d(res.confidence_interval.high),
+            np.atleast_2d(res.bootstrap_distribution))
+
+
+def _withheld_reason(low: float, high: float, draws: np.ndarray) -> str:
+    """Why a bootstrap CI cannot be trusted ("" when it can)."""
+    if not np.all(np.isfinite(draws)):
+        share = float(np.mean(~np.isfinite(draws)))
+        return f"{NOTE_DEGENERATE} ({share:.1%} of resamples have sd=0)"
+    if not (math.isfinite(low) and math.isfinite(high)):
+        return f"{NOTE_DEGENERATE} (BCa bounds undefined)"
+    return ""
 
 
 def bootstrap_d_cis(
     deltas: np.ndarray, *, resamples: int = 1000, seed: int | tuple[int, ...] = 0, level: float = 0.95
 ) -> list[tuple[float | None, float | None, str]]:
-    """Percentile bootstrap CIs of Cohen's d for k columns of deltas [n, k] over the same samples.
+    """BCa bootstrap CIs of Cohen's d (``scipy.stats.bootstrap``) for k columns of deltas [n, k].
 
-    All columns share the resampled samples (one draw of n samples per resample).
+    All columns share the resampled samples (one draw of n samples per resample). The CI
+    is withheld (None, None, why) below :data:`MIN_N_CI` samples, for constant deltas, and
+    when the bootstrap degenerates: a resample with sd 0, or BCa bounds that are not finite.
     """
     deltas = np.asarray(deltas, dtype=float)
     if deltas.ndim == 1:
@@ -382,20 +401,27 @@ def bootstrap_d_cis(
         return [(None, None, "")] * k
     if n < MIN_N:
         return [(None, None, NOTE_N)] * k
-    ds = weighted_d(resample_weights(n, resamples, seed), deltas)  # [resamples, k]
-    out = []
-    for j in range(k):
-        if is_constant(deltas[:, j]):
-            out.append((None, None, NOTE_SD0))
-        else:
-            out.append(_percentile_ci(ds[:, j], level))
+    if n < MIN_N_CI:
+        return [(None, None, NOTE_SMALL_N)] * k
+    out: list[tuple[float | None, float | None, str]] = [(None, None, NOTE_SD0)] * k
+    varying = [j for j in range(k) if not is_constant(deltas[:, j])]
+    if not varying:
+        return out
+    columns = deltas[:, varying].T  # [k', n]
+    center = columns.mean(axis=1)
+    scale = np.maximum(1.0, np.abs(columns).max(axis=1))
+    low, high, draws = _bca((columns - center[:, None],), _centered_d(center, scale), resamples=resamples, seed=seed,
+                            level=level)  # [k'], [k'], [k', resamples]
+    for i, j in enumerate(varying):
+        reason = _withheld_reason(float(low[i]), float(high[i]), draws[i])
+        out[j] = (None, None, reason) if reason else (_clean(low[i]), _clean(high[i]), "")
     return out
 
 
 def bootstrap_d_ci(
     deltas: np.ndarray, *, resamples: int = 1000, seed: int | tuple[int, ...] = 0, level: float = 0.95
 ) -> tuple[float | None, float | None, str]:
-    """Percentile bootstrap CI of Cohen's d (resampling samples with replacement)."""
+    """BCa bootstrap CI of Cohen's d (resampling samples with replacement), or why it is withheld."""
     deltas = np.asarray(deltas, dtype=float)
     deltas = deltas[np.isfinite(deltas)]
     return bootstrap_d_cis(deltas[:, None], resamples=resamples, seed=seed, level=level)[0]
@@ -431,6 +457,28 @@ def _ratio(num: float | None, den: float | None, what: str) -> tuple[float | Non
     return _clean(num / den), ""
 
 
+def _ratio_of_d(x: np.ndarray, y: np.ndarray, axis: int = -1) -> np.ndarray:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return _d_along(x, axis) / _d_along(y, axis)
+
+
+def _fraction_ci(
+    delta_part: np.ndarray, delta_whole: np.ndarray, *, resamples: int, seed, level: float
+) -> tuple[float | None, float | None, str]:
+    """BCa CI of d(part)/d(whole), withheld when d(whole)'s own CI reaches 0 (the ratio is unbounded)."""
+    if delta_part.size < MIN_N_CI:
+        return None, None, NOTE_SMALL_N
+    w_lo, w_hi, w_note = bootstrap_d_ci(delta_whole, resamples=resamples, seed=seed, level=level)
+    if w_lo is None or w_hi is None:
+        return None, None, w_note or NOTE_DEGENERATE
+    if w_lo <= 0.0 <= w_hi:
+        return None, None, "CI withheld: the CI of the denominator d includes 0, so the ratio is unbounded"
+    low, high, draws = _bca((delta_part, delta_whole), _ratio_of_d, resamples=resamples, seed=seed, level=level,
+                            paired=True)
+    reason = _withheld_reason(float(low[0]), float(high[0]), draws[0])
+    return (None, None, reason) if reason else (_clean(low[0]), _clean(high[0]), "")
+
+
 def structural_fraction(
     nll_reference: np.ndarray,
     nll_random: np.ndarray,
@@ -440,11 +488,11 @@ def structural_fraction(
     seed: int | tuple[int, ...] = 0,
     level: float = 0.95,
 ) -> StructuralFraction:
-    """Structural fraction d(random)/d(oracle) with a paired bootstrap CI.
+    """Structural fraction d(random)/d(oracle) with a paired BCa bootstrap CI.
 
     Samples lacking any of the three NLLs are dropped. Both d's of one bootstrap draw use
-    the same resampled samples, so the CI reflects their correlation; a ratio of two noisy
-    d's is unstable, which the CI shows.
+    the same resampled samples, so the CI reflects their correlation. A ratio whose
+    denominator may be 0 has no finite CI: it is withheld when d(oracle)'s own CI includes 0.
     """
     ref = np.asarray(nll_reference, dtype=float)
     rnd = np.asarray(nll_random, dtype=float)
@@ -461,10 +509,7 @@ def structural_fraction(
     lo = hi = None
     note_ci = ""
     if fraction is not None and resamples > 0:
-        ds = weighted_d(resample_weights(n, resamples, seed), np.column_stack([ref - rnd, ref - orc]))
-        with np.errstate(divide="ignore", invalid="ignore"):
-            ratios = ds[:, 0] / ds[:, 1]  # [resamples]
-        lo, hi, note_ci = _percentile_ci(ratios, level)
+        lo, hi, note_ci = _fraction_ci(ref - rnd, ref - orc, resamples=resamples, seed=seed, level=level)
     notes = [f"random: {note_r}" if note_r else "", f"oracle: {note_o}" if note_o else "", note_f, note_s, note_ci]
     return StructuralFraction(
         n=n,
@@ -497,8 +542,8 @@ def quantile_bins(values: np.ndarray, tie_keys: np.ndarray, bins: int = 5) -> np
 
 
 def top_fraction_size(n: int, fraction: float) -> int:
-    """ceil(fraction * n), robust to float noise (0.4 * 15 is 6, not 7)."""
-    return min(n, math.ceil(round(fraction * n, 9)))
+    """ceil(fraction * n), the rule stage selections use (:func:`tracker.specs.schema.hardest_count`)."""
+    return hardest_count(n, fraction)
 
 
 def select_hardest(values: np.ndarray, tie_keys: np.ndarray, fraction: float = 0.4) -> np.ndarray:

@@ -127,32 +127,48 @@ def drop_scores(run: SyntheticRun, job_ids: Sequence[int], status: str = "pendin
     return SyntheticRun(run.experiment, run.samples, jobs, scores, tokens, run.run_id, run.effects)
 
 
-def write_run(engine: Engine, run: SyntheticRun, *, chunk: int = 50_000) -> int:
-    """Insert a synthetic run into a migrated tracker database; returns the run id."""
+def write_run(engine: Engine, run: SyntheticRun, *, chunk: int = 50_000, dtype: str = "") -> int:
+    """Insert a synthetic run into a migrated tracker database; returns the run id.
+
+    A second run of the same experiment becomes its next run: samples, conditions and
+    models already stored are reused (models by name and ``dtype``), so runs can share samples.
+    """
+    from sqlalchemy import func, select
+
     from tracker.db import schema as m
 
     conds = sorted(run.jobs["condition"].unique())
     model_names = sorted(run.jobs["model"].unique())
     with engine.begin() as conn:
-        exp_id = conn.execute(insert(m.Experiment).values(name=run.experiment).returning(m.Experiment.id)).scalar_one()
+        exp_id = conn.execute(select(m.Experiment.id).where(m.Experiment.name == run.experiment)).scalar()
+        if exp_id is None:
+            exp_id = conn.execute(insert(m.Experiment).values(name=run.experiment).returning(m.Experiment.id)).scalar_one()
+        earlier = conn.execute(select(func.count()).select_from(m.ExperimentRun).where(m.ExperimentRun.experiment_id == exp_id)).scalar()
         run_id = conn.execute(
-            insert(m.ExperimentRun).values(experiment_id=exp_id, spec_hash="synthetic", overrides_key="", spec={})
+            insert(m.ExperimentRun).values(experiment_id=exp_id, spec_hash="synthetic", overrides_key=f"run{earlier}" if earlier else "",
+                                           spec={})
             .returning(m.ExperimentRun.id)
         ).scalar_one()
+        stored = set(conn.execute(select(m.Sample.id)).scalars())
         sample_rows = [
             {"id": int(r.id), "dataset": r.dataset, "split": "test", "source_key": f"s{r.id}", "recipe_hash": "r",
              "recipe": {}, "doc": "doc", "query": "query", "answer": r.answer, "meta": {}}
-            for r in run.samples.itertuples()
+            for r in run.samples.itertuples() if int(r.id) not in stored
         ]
-        conn.execute(insert(m.Sample), sample_rows)
-        cond_ids = {}
+        if sample_rows:
+            conn.execute(insert(m.Sample), sample_rows)
+        cond_ids = dict(conn.execute(select(m.Condition.name, m.Condition.id).where(m.Condition.name.in_(conds))).all())
         for name in conds:
-            cond_ids[name] = conn.execute(
-                insert(m.Condition).values(name=name, kind=name, params={}, definition_hash=f"h-{name}").returning(m.Condition.id)
-            ).scalar_one()
+            if name not in cond_ids:
+                cond_ids[name] = conn.execute(
+                    insert(m.Condition).values(name=name, kind=name, params={}, definition_hash=f"h-{name}")
+                    .returning(m.Condition.id)
+                ).scalar_one()
         model_ids = {}
         for name in model_names:
-            model_ids[name] = conn.execute(insert(m.ModelRow).values(name=name).returning(m.ModelRow.id)).scalar_one()
+            found = conn.execute(select(m.ModelRow.id).where(m.ModelRow.name == name, m.ModelRow.dtype == dtype)).scalar()
+            model_ids[name] = found if found is not None else conn.execute(
+                insert(m.ModelRow).values(name=name, dtype=dtype).returning(m.ModelRow.id)).scalar_one()
         job_rows = [
             {"id": int(r.job_id), "job_key": f"synthetic-{run_id}-{r.job_id}", "kind": m.JobKind.score,
              "sample_id": int(r.sample_id), "condition_id": cond_ids[r.condition], "model_id": model_ids[r.model],

@@ -68,6 +68,13 @@ def mlflow_tracking_uri() -> str | None:
     return os.environ.get(ENV_MLFLOW_URI) or None
 
 
+def quiet_mlflow() -> None:
+    """No MLflow system-metrics thread and no usage telemetry (these machines are often offline),
+    unless the user asked for them."""
+    os.environ.setdefault("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "false")
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+
 def fake_backend_env() -> dict[str, str | None]:
     """Test hooks of the ``test-fake`` backend (per-job sleep, a calls log, a condition that fails)."""
     return {key: os.environ.get(f"TRACKER_FAKE_{key.upper()}") or None

@@ -11,13 +11,17 @@ import pytest
 from analysis.mlflow_log import (
     default_params,
     default_tracking_uri,
+    experiment_url,
+    log_analysis,
     log_to_mlflow,
     report_metrics,
     resolve_tracking_uri,
     sanitize_name,
+    write_artifacts,
 )
+from analysis.provenance import absolute_db_url, input_fingerprint, provenance
 from analysis.report import build_report
-from analysis.synthetic import make_run
+from analysis.synthetic import drop_scores, make_run
 from tracker.errors import ConfigError
 
 PLAN = {
@@ -139,11 +143,12 @@ def logged(tmp_path_factory):
     uri = resolve_tracking_uri(db_url, None)
     assert uri == f"sqlite:///{tmp}/mlflow.db"
     params = default_params(db_url, spec_hash="f00d")
+    record = provenance(report, db_url, spec_hash="f00d")
     spec_text = "name: exp_syn\nanalysis: {baseline: bare}\n"
     old_cwd = os.getcwd()
     os.chdir(tmp_path_factory.mktemp("cwd"))  # nothing may land in the working directory
     try:
-        mlflow_run_id = log_to_mlflow(report, uri, f"exp_syn run {run_id}", params, spec_text)
+        mlflow_run_id = log_to_mlflow(report, uri, f"exp_syn run {run_id}", params, spec_text, provenance=record)
         cwd_files = os.listdir(".")
     finally:
         os.chdir(old_cwd)
@@ -151,7 +156,7 @@ def logged(tmp_path_factory):
 
     client = MlflowClient(tracking_uri=uri)
     return {"report": report, "client": client, "run_id": mlflow_run_id, "tracker_run": run_id, "tmp": tmp,
-            "spec_text": spec_text, "cwd_files": cwd_files}
+            "spec_text": spec_text, "cwd_files": cwd_files, "provenance": record}
 
 
 def _download(logged, path: str) -> Path:
@@ -201,13 +206,19 @@ def test_metrics_equal_the_report(logged):
 def test_tables_spec_and_report_artifacts(logged):
     client, run_id = logged["client"], logged["run_id"]
     top = {a.path for a in client.list_artifacts(run_id)}
-    assert top == {"figures", "tables", "report.json", "report.txt", "spec.yaml"}
+    assert top == {"figures", "tables", "report.json", "report.txt", "spec.yaml", "provenance.json"}
     tables = {a.path for a in client.list_artifacts(run_id, "tables")}
     for name in logged["report"].tables:
         assert f"tables/{name}.csv" in tables and f"tables/{name}.json" in tables
     effects = pd.read_csv(_download(logged, "tables/effects.csv"))
     assert len(effects) == len(logged["report"].effects)
     assert effects["d"].tolist() == pytest.approx(logged["report"].effects["d"].astype(float).tolist(), nan_ok=True)
+    logged_tables = json.loads(client.get_run(run_id).data.tags["mlflow.loggedArtifacts"])
+    assert {"path": "tables/effects.json", "type": "table"} in logged_tables
+    assert len(logged_tables) == len(logged["report"].tables)
+    shown = pd.read_json(_download(logged, "tables/effects.json"), orient="split")  # log_table's format
+    assert len(shown) == len(effects)
+    assert shown["d"].astype(float).tolist() == pytest.approx(effects["d"].tolist(), nan_ok=True)
     assert _download(logged, "spec.yaml").read_text() == logged["spec_text"]
     payload = json.loads(_download(logged, "report.json").read_text())
     assert payload["run_id"] == logged["tracker_run"] and len(payload["effects"]) == len(effects)
@@ -220,3 +231,90 @@ def test_figure_artifacts(logged):
     assert {f"figures/{name}.png" for name in expected} <= figures
     png = _download(logged, "figures/forest_main.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+    assert {f"figures/{name}.{fmt}" for name in expected for fmt in ("pdf", "svg")} <= figures
+
+
+def test_experiment_opens_on_the_runs_table(logged):
+    client = logged["client"]
+    experiment = client.get_experiment(client.get_run(logged["run_id"]).info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert experiment_url(experiment.experiment_id) == (
+        f"http://127.0.0.1:5000/#/experiments/{experiment.experiment_id}/runs?workflowType=machine_learning")
+
+
+def test_effect_metrics_carry_ci_p_holm_and_n(logged):
+    metrics = logged["client"].get_run(logged["run_id"]).data.metrics
+    main = logged["report"].effects[logged["report"].effects["table"] == "main"]
+    for r in main.itertuples():
+        key = f"{r.dataset}.{r.condition}"
+        assert metrics[f"ci_low.{key}"] == pytest.approx(r.ci_low)
+        assert metrics[f"ci_high.{key}"] == pytest.approx(r.ci_high)
+        assert metrics[f"p.{key}"] == pytest.approx(r.p_ttest)
+        assert metrics[f"p_holm.{key}"] == pytest.approx(r.p_holm)
+        assert metrics[f"n.{key}"] == r.n
+
+
+def test_withheld_cis_log_no_metric():
+    run = make_run(datasets=("alpha",), n_per_dataset=5, effects={"helps": 0.5}, seed=33)
+    metrics = report_metrics(build_report(run.results_frame(), {}, experiment="syn", bootstrap=100))
+    assert "d.alpha.helps" in metrics and metrics["n.alpha.helps"] == 5
+    assert "ci_low.alpha.helps" not in metrics and "ci_high.alpha.helps" not in metrics
+
+
+def test_run_description_and_provenance_tags(logged):
+    tags = logged["client"].get_run(logged["run_id"]).data.tags
+    record = logged["provenance"]
+    note = tags["mlflow.note.content"]
+    assert note.startswith("**exp_syn**, tracker run 1: 60 samples (alpha 30, beta 30)")
+    assert "First analysis logged" in note and "| test-fake / two_phase | pooled | helps |" in note
+    assert tags["tracker.db_url"] == f"sqlite:///{logged['tmp']}/tracker.db"
+    assert tags["tracker.spec_hash"] == "f00d"
+    assert json.loads(tags["tracker.scorer_versions"]) == {"test-fake/two_phase": "1"}
+    assert tags["tracker.fingerprint"] == input_fingerprint(record)
+    assert tags["tracker.package.scipy"] == record["packages"]["scipy"]
+    if record["git_commit"]:
+        assert tags["mlflow.source.git.commit"] == record["git_commit"] and len(record["git_commit"]) == 40
+    assert json.loads(_download(logged, "provenance.json").read_text()) == json.loads(json.dumps(record))
+
+
+def test_relative_sqlite_url_is_made_absolute_and_credentials_hidden(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert absolute_db_url("sqlite:///sub/tracker.db") == f"sqlite:///{tmp_path}/sub/tracker.db"
+    assert absolute_db_url("postgresql+psycopg://u:pw@db/t") == "postgresql+psycopg://u:***@db/t"
+    assert default_params("sqlite:///tracker.db")["db_url"] == f"sqlite:///{tmp_path}/tracker.db"
+
+
+def _runs(client, name):
+    return client.search_runs([client.get_experiment_by_name(name).experiment_id])
+
+
+def test_repeating_an_analysis_adds_no_run_and_a_changed_input_adds_one(tmp_path):
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    run = make_run(experiment="rep", datasets=("alpha",), n_per_dataset=20, effects={"helps": 0.5}, seed=34)
+    report = build_report(run.results_frame(), {}, experiment="rep", run_id=1, bootstrap=50)
+    first = log_analysis(report, uri, "rep run 1", figures=False)
+    again = log_analysis(build_report(run.results_frame(), {}, experiment="rep", run_id=1, bootstrap=50), uri,
+                         "rep run 1", figures=False)
+    client = MlflowClient(tracking_uri=uri)
+    assert first.created and not again.created and again.run_id == first.run_id
+    assert len(_runs(client, "rep")) == 1
+    fewer = drop_scores(run, run.jobs[run.jobs["condition"] == "helps"]["job_id"].iloc[:3])
+    changed = log_analysis(build_report(fewer.results_frame(), {}, experiment="rep", run_id=1, bootstrap=50), uri,
+                           "rep run 1", figures=False)
+    assert changed.created and changed.run_id != first.run_id and changed.previous_run_id == first.run_id
+    assert "scores analysed: 40 -> 37" in changed.changes
+    assert any(c.startswith("score set: ") for c in changed.changes) and len(changed.changes) == 2
+    note = client.get_run(changed.run_id).data.tags["mlflow.note.content"]
+    assert f"Changed since run rep run 1 ({first.run_id}):" in note and "- scores analysed: 40 -> 37" in note
+    assert len(_runs(client, "rep")) == 2
+
+
+def test_out_directory_gets_the_same_provenance(tmp_path):
+    run = make_run(datasets=("alpha",), n_per_dataset=12, effects={"helps": 0.5}, seed=35)
+    report = build_report(run.results_frame(), {}, experiment="syn", bootstrap=50)
+    record = provenance(report, "sqlite:///x.db", spec_hash="abc")
+    write_artifacts(report, tmp_path, None, figures=False, provenance=record)
+    assert json.loads((tmp_path / "provenance.json").read_text()) == json.loads(json.dumps(record))
+    assert record["inputs"]["n_scores"] == 24 and record["spec_hash"] == "abc"

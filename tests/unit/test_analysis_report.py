@@ -336,6 +336,16 @@ def test_json_effects_have_the_contract_keys(big_report):
     assert "hardness" in payload["tables"] and "missing" in payload
 
 
+def test_frames_are_every_table_as_an_independent_dataframe(big_report):
+    frames = big_report.frames()
+    assert list(frames)[0] == "effects"
+    assert set(frames) == set(big_report.tables) | {"effects"}
+    for name, frame in frames.items():
+        pd.testing.assert_frame_equal(frame, big_report.tables[name])
+    frames["effects"].loc[:, "d"] = 0.0  # a notebook editing its copy leaves the report alone
+    assert big_report.effects["d"].abs().max() > 0.5
+
+
 def test_render_text_reads_like_the_seed(big_report):
     text = big_report.render_text()
     assert re.search(r"helps\s+d=\+0\.\d{3} \[\+0\.\d{3}, \+0\.\d{3}\]\s+\(\*\*\*\), win=\d+\.\d%", text)
@@ -436,3 +446,33 @@ def test_ranking_spans_modes_like_the_seeds_exp01():
     assert got.sum() == pytest.approx(1.0)
     full_row = row(report.effects, table="main", mode="full", condition="oracle_full")
     assert full_row["reference"] == "bare@two_phase"
+
+
+@pytest.mark.parametrize("n", [3, 5])
+def test_small_n_report_withholds_cis_keeps_d_and_says_so(n):
+    run = make_run(datasets=("alpha",), n_per_dataset=n, effects=EFFECTS, seed=40 + n)
+    report = build_report(run.results_frame(), {}, experiment="syn", bootstrap=200)
+    main = report.effects[report.effects["table"] == "main"]
+    w = wide(run.results_frame())
+    assert len(main) == 3
+    for r in main.itertuples():
+        assert r.ci_low is None and r.ci_high is None
+        assert "n<10: CI withheld" in r.note
+        assert r.d == pytest.approx(hand_d(w["bare"] - w[r.condition]))
+        assert r.p_ttest is not None
+    payload = json.loads(report.to_json())
+    assert all(e["ci_low"] is None and e["ci_high"] is None for e in payload["effects"])
+    small = [note for note in report.notes if note.startswith("Small samples")]
+    assert len(small) == 1 and f"main/alpha/helps (n={n})" in small[0]
+    text = report.render_text()
+    assert "[CI withheld]" in text and "do not read these as findings" in text
+
+
+def test_thirty_well_behaved_samples_carry_no_trust_notes():
+    run = make_run(datasets=("alpha",), n_per_dataset=30, effects=EFFECTS, seed=50)
+    report = build_report(run.results_frame(), {}, experiment="syn", token_parity=run.parity_frame(), bootstrap=500)
+    main = report.effects[report.effects["table"] == "main"]
+    assert main["note"].tolist() == ["", "", ""]
+    assert all(lo < d < hi for lo, d, hi in zip(main["ci_low"], main["d"], main["ci_high"]))
+    assert report.notes == ["Complete: every job is scored and paired with its reference."]
+    assert "[CI withheld]" not in report.render_text() and "Small samples" not in report.render_text()

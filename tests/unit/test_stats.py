@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from statistics import NormalDist
 
 import numpy as np
 import pytest
@@ -230,16 +231,37 @@ def test_ties_in_deltas_are_handled():
 
 # ------------------------------------------------------------------ bootstrap
 
-def test_bootstrap_ci_equals_hand_resampling():
+def hand_bca(deltas, idx, level=0.95):
+    """Efron & Tibshirani's BCa interval of d from given resample indices, by hand (sec. 14.3)."""
+    normal = NormalDist()
+    d = lambda xs: (sum(xs) / len(xs)) / hand_sd(xs)  # noqa: E731
+    theta = d(list(deltas))
+    boot = sorted(d(list(deltas[row])) for row in idx)
+    below = sum(b < theta for b in boot) + sum(b <= theta for b in boot)
+    z0 = normal.inv_cdf(below / (2 * len(boot)))
+    jack = [d([x for j, x in enumerate(deltas) if j != i]) for i in range(len(deltas))]
+    jmean = sum(jack) / len(jack)
+    u = [(len(deltas) - 1) * (jmean - j) for j in jack]
+    n = len(deltas)
+    a = (sum(v ** 3 for v in u) / n ** 3) / (6 * (sum(v ** 2 for v in u) / n ** 2) ** 1.5)
+    out = []
+    for z in (normal.inv_cdf((1 - level) / 2), normal.inv_cdf((1 + level) / 2)):
+        out.append(hand_quantile(boot, normal.cdf(z0 + (z0 + z) / (1 - a * (z0 + z)))))
+    return out
+
+
+def test_bootstrap_ci_is_bca_computed_by_hand():
     rng = np.random.default_rng(11)
     deltas = rng.normal(0.3, 1.0, size=40)
     resamples, seed = 300, 123
     idx = np.random.default_rng(seed).integers(0, deltas.size, size=(resamples, deltas.size))
-    ds = sorted(float(np.mean(deltas[row]) / hand_sd(list(deltas[row]))) for row in idx)
     lo, hi, note = stats.bootstrap_d_ci(deltas, resamples=resamples, seed=seed)
     assert note == ""
-    assert lo == pytest.approx(hand_quantile(ds, 0.025), rel=1e-9)
-    assert hi == pytest.approx(hand_quantile(ds, 0.975), rel=1e-9)
+    hand_lo, hand_hi = hand_bca(deltas, idx)
+    assert lo == pytest.approx(hand_lo, rel=1e-9)
+    assert hi == pytest.approx(hand_hi, rel=1e-9)
+    percentile = sorted(float(np.mean(deltas[row]) / hand_sd(list(deltas[row]))) for row in idx)
+    assert (lo, hi) != pytest.approx((hand_quantile(percentile, 0.025), hand_quantile(percentile, 0.975)))
 
 
 def test_bootstrap_is_seeded_and_covers_known_effect():
@@ -257,8 +279,56 @@ def test_bootstrap_is_seeded_and_covers_known_effect():
 
 def test_bootstrap_edge_cases():
     assert stats.bootstrap_d_ci(np.array([1.0, 2.0]), resamples=100) == (None, None, "n<3")
-    assert stats.bootstrap_d_ci(np.array([1.0, 1.0, 1.0]), resamples=100) == (None, None, "sd=0")
+    assert stats.bootstrap_d_ci(np.full(12, 1.0), resamples=100) == (None, None, "sd=0")
     assert stats.bootstrap_d_ci(np.array([1.0, 2.0, 4.0]), resamples=0) == (None, None, "")
+
+
+@pytest.mark.parametrize("n", [2, 3, 5, 9])
+def test_small_n_withholds_the_ci_but_keeps_d_and_p(n):
+    deltas = np.linspace(0.1, 0.9, n) ** 2
+    eff = stats.effect_of_deltas(deltas)
+    lo, hi, note = stats.bootstrap_d_ci(deltas, resamples=200, seed=1)
+    assert (lo, hi) == (None, None)
+    if n < 3:
+        assert note == "n<3" and eff.d is None and "n<3" in eff.note
+    else:
+        assert note == f"n<{stats.MIN_N_CI}: CI withheld"
+        assert eff.d == pytest.approx(np.mean(deltas) / hand_sd(list(deltas)))
+        assert eff.p_ttest is not None and 0 < eff.p_ttest < 1
+
+
+@pytest.mark.parametrize("n", [3, 5, 30])
+def test_constant_deltas_withhold_d_and_ci_at_any_n(n):
+    deltas = np.full(n, 0.25)
+    eff = stats.effect_of_deltas(deltas)
+    assert eff.d is None and eff.mean_delta == pytest.approx(0.25)
+    assert "sd=0" in eff.note
+    expected = "sd=0" if n >= stats.MIN_N_CI else f"n<{stats.MIN_N_CI}: CI withheld"
+    assert stats.bootstrap_d_ci(deltas, resamples=200, seed=1) == (None, None, expected)
+
+
+def test_resamples_with_zero_variance_withhold_the_ci():
+    deltas = np.array([0.0] * 28 + [1.0, 2.0])  # 12% of resamples draw only zeros
+    lo, hi, note = stats.bootstrap_d_ci(deltas, resamples=500, seed=4)
+    assert (lo, hi) == (None, None)
+    assert note.startswith("bootstrap degenerate: CI withheld") and "sd=0" in note
+    assert stats.effect_of_deltas(deltas).d == pytest.approx(np.mean(deltas) / hand_sd(list(deltas)))
+
+
+def test_thirty_well_behaved_samples_carry_no_note():
+    deltas = np.random.default_rng(8).normal(0.4, 1.0, size=30)
+    eff = stats.effect_of_deltas(deltas)
+    lo, hi, note = stats.bootstrap_d_ci(deltas, resamples=1000, seed=2)
+    assert eff.note == "" and note == ""
+    assert lo < eff.d < hi and hi - lo < 1.5
+
+
+def test_a_huge_d_from_a_tiny_sd_carries_a_note():
+    eff = stats.effect_of_deltas(np.array([-1.0, -1.01, -1.02]))  # d = -101 at n=3
+    assert eff.d == pytest.approx(-1.01 / 0.01)
+    assert eff.mark == "***"  # the t-test is arithmetic, and it stays
+    assert stats.NOTE_LARGE_D in eff.note
+    assert stats.NOTE_LARGE_D not in stats.effect_of_deltas(np.array([1.0, 2.0, 3.5])).note
 
 
 def test_group_seed_does_not_depend_on_call_order():
@@ -287,9 +357,25 @@ def test_structural_fraction_by_hand():
     sem = [o - r for r, o in zip(dr, do)]  # NLL(random) - NLL(oracle)
     assert res.semantic_mean_delta == pytest.approx(sum(sem) / 6)
     assert res.semantic_d == pytest.approx((sum(sem) / 6) / hand_sd(sem))
-    assert res.ci_low is not None and res.ci_low <= res.fraction <= res.ci_high
+    assert (res.ci_low, res.ci_high) == (None, None) and "n<10: CI withheld" in res.note  # n = 6
+
+
+def test_structural_fraction_ci_is_seeded_and_brackets_the_fraction():
+    rng = np.random.default_rng(6)
+    ref = rng.normal(3.0, 1.0, 40)
+    rnd, orc = ref - rng.normal(0.3, 0.3, 40), ref - rng.normal(0.5, 0.3, 40)
+    res = stats.structural_fraction(ref, rnd, orc, resamples=400, seed=3)
+    assert res.note == "" and res.ci_low < res.fraction < res.ci_high
     again = stats.structural_fraction(ref, rnd, orc, resamples=400, seed=3)
     assert (again.ci_low, again.ci_high) == (res.ci_low, res.ci_high)
+
+
+def test_structural_fraction_ci_is_withheld_when_the_oracle_d_may_be_zero():
+    rng = np.random.default_rng(7)
+    ref = rng.normal(3.0, 1.0, 40)
+    res = stats.structural_fraction(ref, ref - rng.normal(0.3, 0.3, 40), ref - rng.normal(0.0, 0.3, 40), seed=3)
+    assert res.fraction is not None and (res.ci_low, res.ci_high) == (None, None)
+    assert "denominator d includes 0" in res.note
 
 
 def test_structural_fraction_with_zero_oracle_effect():

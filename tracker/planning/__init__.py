@@ -4,12 +4,6 @@ selections create later stages' jobs (``stages``). Modules: ``model_identity``, 
 costs), ``orchestrate`` (enqueue itself), ``stages``."""
 from __future__ import annotations
 
-from tracker.planning.orchestrate import (
-    SELECT_PRIORITY,
-    TRANSACTION_ATTEMPTS,
-    enqueue,
-    sample_recipe,
-)
 from tracker.planning.jobs import (
     CHARS_PER_TOKEN,
     GENERATE_PRIORITY,
@@ -32,6 +26,12 @@ from tracker.planning.model_identity import (
     model_identity,
     scorer_version_for,
     static_revision,
+)
+from tracker.planning.orchestrate import (
+    SELECT_PRIORITY,
+    TRANSACTION_ATTEMPTS,
+    enqueue,
+    sample_recipe,
 )
 from tracker.planning.reports import (
     CostEstimate,
