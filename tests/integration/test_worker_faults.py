@@ -29,7 +29,7 @@ from sqlalchemy import create_engine, select, text
 
 from tracker import queue
 from tracker.db import get_engine, session_scope
-from tracker.db.schema import Job, JobStatus, Score
+from tracker.db.schema import Job, JobStatus, Score, WorkerRow
 from workers.backends.fake import count_calls
 
 pytestmark = pytest.mark.slow
@@ -39,8 +39,8 @@ def _running_of(engine, worker_pid: int) -> list[int]:
     """Ids of jobs running under the worker process ``worker_pid``."""
     with session_scope(engine) as s:
         return list(s.execute(
-            select(Job.id).join(queue.Worker, queue.Worker.id == Job.worker_id)
-            .where(queue.Worker.pid == worker_pid, Job.status == JobStatus.running).order_by(Job.id)
+            select(Job.id).join(WorkerRow, WorkerRow.id == Job.worker_id)
+            .where(WorkerRow.pid == worker_pid, Job.status == JobStatus.running).order_by(Job.id)
         ).scalars())
 
 
