@@ -13,7 +13,7 @@ from sqlalchemy import Engine, create_engine, event, exc, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
-from tracker.errors import DatabaseError, DatabaseUnavailable, SchemaOutOfDate
+from tracker.errors import DatabaseError, DatabaseMissing, DatabaseUnavailable, SchemaOutOfDate
 from tracker.settings import redact_url, resolve_db_url
 
 SQLITE_BUSY_TIMEOUT_MS = 60_000
@@ -49,13 +49,16 @@ def create_tracker_engine(url: str) -> Engine:
     return create_engine(u, pool_pre_ping=True, connect_args={"connect_timeout": 10})
 
 
-def get_engine(url: str | None = None, *, check_schema: bool = True) -> Engine:
+def get_engine(url: str | None = None, *, check_schema: bool = True, create: bool = True) -> Engine:
     """The process-wide engine for ``url`` (resolved like ``--db``), ready to use.
 
-    A fresh SQLite file is created and migrated on first use; any other database that is
-    not at the head revision is refused with a hint to run ``tracker db upgrade``.
+    A fresh SQLite file is created and migrated on first use, unless ``create`` is False
+    (commands that only read): then a missing file is :class:`DatabaseMissing`. Any other
+    database that is not at the head revision is refused with a hint to run ``tracker db upgrade``.
     """
     url = resolve_db_url(url)
+    if not create:
+        require_existing_sqlite(url)
     engine = _engines.get(url)
     if engine is None:
         engine = create_tracker_engine(url)
@@ -67,6 +70,20 @@ def get_engine(url: str | None = None, *, check_schema: bool = True) -> Engine:
                 raise
         _engines[url] = engine
     return engine
+
+
+def require_existing_sqlite(url: str) -> None:
+    """Raise :class:`DatabaseMissing` for a SQLite URL whose file is absent or empty."""
+    u = make_url(url)
+    if u.get_backend_name() != "sqlite" or u.database in (None, "", ":memory:"):
+        return
+    path = os.path.abspath(u.database)
+    if not os.path.isfile(path) or os.path.getsize(path) == 0:
+        raise DatabaseMissing(
+            f"No database at {path}" + (" (the file is empty)." if os.path.isfile(path) else "."),
+            hint="check the path (--db / TRACKER_DB); only commands that write "
+                 "(`tracker db upgrade`, `tracker enqueue`) create a new database",
+        )
 
 
 def dispose_engines() -> None:
