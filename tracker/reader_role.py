@@ -75,10 +75,15 @@ def quote_ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def role_statements(role: str) -> list[str]:
-    """Keep an existing role plain (they need CREATEROLE, as CREATE ROLE does)."""
+def role_statements(role: str, superuser: bool) -> list[str]:
+    """Keep an existing role plain (they need CREATEROLE, as CREATE ROLE does).
+
+    Only a superuser may touch SUPERUSER, REPLICATION and BYPASSRLS, even to clear them;
+    a role that has one of them anyway is refused by ``tracker sql`` (:func:`privilege_problems`).
+    """
     r = quote_ident(role)
-    return [f"ALTER ROLE {r} {READER_ATTRIBUTES}", f"ALTER ROLE {r} SET default_transaction_read_only = on"]
+    attributes = READER_ATTRIBUTES if superuser else "LOGIN NOCREATEDB NOCREATEROLE NOINHERIT"
+    return [f"ALTER ROLE {r} {attributes}", f"ALTER ROLE {r} SET default_transaction_read_only = on"]
 
 
 def grant_statements(role: str, database: str, schema: str, owner: str) -> list[str]:
@@ -106,7 +111,7 @@ def admin_sql(role: str, database: str, schema: str = DEFAULT_SCHEMA, owner: str
               password: bool = False) -> str:
     """The SQL an administrator runs (as a superuser or a role with CREATEROLE) to set the reader up."""
     create = create_statement(role) + (" PASSWORD 'choose-one'" if password else "")
-    statements = [create, role_statements(role)[1], *grant_statements(role, database, schema, owner)]
+    statements = [create, role_statements(role, superuser=True)[1], *grant_statements(role, database, schema, owner)]
     return ";\n".join(statements) + ";"
 
 
@@ -157,7 +162,7 @@ def ensure_reader_role(engine: Engine) -> ReaderRoleStatus:
         # One upgrade at a time grants on this database: concurrent GRANTs on one table
         # fail with "tuple concurrently updated".
         conn.execute(text("SELECT pg_advisory_xact_lock(hashtext(:r))"), {"r": role})
-        statements = role_statements(role) if may_manage_roles else []
+        statements = role_statements(role, bool(me.rolsuper)) if may_manage_roles else []
         for statement in statements + grant_statements(role, me.db, me.schema, me.owner):
             _run_in_savepoint(conn, statement, status)
         conn.commit()

@@ -86,9 +86,13 @@ def _cancelled_error(cancel: CancelRequest) -> QueryCancelled:
                           cancel.signal_number or 0, hint="nothing was changed; rerun the statement when you want it")
 
 
-def _refusal(reason: str) -> DatabaseError:
+# PostgreSQL SQLSTATEs that mean "not allowed": insufficient_privilege, read_only_sql_transaction.
+_PG_REFUSED = ("42501", "25006")
+
+
+def _refusal(reason: str, sqlstate: str | None = None) -> DatabaseError:
     low = reason.lower()
-    if any(s in low for s in ("not authorized", "read-only", "readonly", "read only", "multiple commands",
+    if sqlstate in _PG_REFUSED or any(s in low for s in ("not authorized", "read-only", "readonly", "read only", "multiple commands",
                               "one statement", "prohibited", "authorization denied", "permission denied",
                               "must be superuser", "must be owner", "privilege")):
         return ReadOnlyViolation(f"Refused: {reason}",
@@ -253,7 +257,7 @@ def _open_postgres(url: str, reader_url: str | None, query: str, timeout_s: floa
                                            hint="check that the server is running, then rerun the statement")
             if getattr(err, "sqlstate", None) == "57014":  # query_canceled, and we did not cancel it
                 return _time_limit_error(timeout_s)
-            return _refusal(str(err).strip())
+            return _refusal(str(err).strip(), getattr(err, "sqlstate", None))
 
         with conn.cursor() as cur:
             try:
