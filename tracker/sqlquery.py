@@ -172,7 +172,11 @@ def _open_sqlite(url: str, query: str, timeout_s: float, cancel: CancelRequest) 
             finally:
                 cur.close()
 
-        yield QueryStream(columns, rows())
+        row_iter = rows()
+        try:
+            yield QueryStream(columns, row_iter)
+        finally:
+            row_iter.close()  # before the connection closes under it
     finally:
         cancel.on_cancel(None)
         conn.close()
@@ -192,7 +196,7 @@ def _connect_reader(login_url: str, owner: str | None):
     role, database = u.username or "", u.database or ""
     conninfo = u.set(drivername="postgresql").render_as_string(hide_password=False)
     try:
-        return psycopg.connect(conninfo, autocommit=False, connect_timeout=10)
+        return psycopg.connect(conninfo, autocommit=False, connect_timeout=10, application_name="tracker sql")
     except psycopg.OperationalError as err:
         msg = str(err).strip()
         low = msg.lower()
