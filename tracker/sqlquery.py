@@ -261,6 +261,10 @@ def _open_postgres(url: str, reader_url: str | None, query: str, timeout_s: floa
                                            hint="check that the server is running, then rerun the statement")
             if getattr(err, "sqlstate", None) == "57014":  # query_canceled, and we did not cancel it
                 return _time_limit_error(timeout_s)
+            if isinstance(err, psycopg.ProgrammingError) and err.sqlstate is None:  # stream(): no result set
+                return DatabaseError("Query failed: the statement returns no rows to print.",
+                                     hint="`tracker sql` prints the rows of one query (SELECT, WITH, VALUES, "
+                                          "SHOW, EXPLAIN)")
             return _refusal(str(err).strip(), getattr(err, "sqlstate", None))
 
         with conn.cursor() as cur:

@@ -133,3 +133,10 @@ def test_a_file_that_is_no_tracker_database_is_refused(tmp_path):
         conn.execute("CREATE TABLE t (x)")
     result = CliRunner().invoke(cli, ["--db", f"sqlite:///{other}", "sql", "SELECT * FROM t"])
     assert result.exit_code == 1 and "has no tracker schema" in result.stderr
+
+
+@pytest.mark.postgres
+def test_a_statement_without_rows_is_a_clear_error(pg_url):
+    result = _sql(pg_url, "DO $$ BEGIN PERFORM 1; END $$")
+    assert result.exit_code == 1
+    assert result.stderr.startswith("Error: Query failed: the statement returns no rows to print.")
