@@ -92,11 +92,11 @@ _PG_REFUSED = ("42501", "25006")
 
 def _refusal(reason: str, sqlstate: str | None = None) -> DatabaseError:
     low = reason.lower()
-    if sqlstate in _PG_REFUSED or any(s in low for s in ("not authorized", "read-only", "readonly", "read only", "multiple commands",
-                              "one statement", "prohibited", "authorization denied", "permission denied",
-                              "must be superuser", "must be owner", "privilege")):
-        return ReadOnlyViolation(f"Refused: {reason}",
-                                 hint="`tracker sql` runs one read-only statement (SELECT/WITH) over the tracker's tables")
+    sqlite_refusals = ("not authorized", "read-only", "readonly", "read only", "multiple commands",
+                       "one statement", "prohibited", "authorization denied")
+    if sqlstate in _PG_REFUSED or any(s in low for s in sqlite_refusals):
+        return ReadOnlyViolation(f"Refused: {reason}", hint="`tracker sql` runs one read-only statement "
+                                                            "(SELECT/WITH) over the tracker's tables")
     return DatabaseError(f"Query failed: {reason}", hint="check the statement; the tables and views are "
                                                          "listed under \"Ad-hoc SQL\" in the README")
 
@@ -232,6 +232,19 @@ def _pg_connection_lost(err: Exception, conn) -> bool:
     return conn.broken or state.startswith(_PG_CONNECTION_LOST)
 
 
+def _keep_cancelling(conn) -> None:
+    """Send cancel requests until the connection closes (at most 5 s).
+
+    One request is not enough: a signal that lands just before the statement is sent
+    would cancel nothing, and the statement would then run to its time limit.
+    """
+    deadline = time.monotonic() + 5
+    while not conn.closed and time.monotonic() < deadline:
+        with contextlib.suppress(Exception):  # the connection may close under us: then we are done
+            conn.cancel_safe(timeout=2)
+        time.sleep(0.2)
+
+
 def _describe_columns(conn, query: str) -> list[str]:
     """Column names of a statement that returned no rows (psycopg's stream gives none then)."""
     pgconn = conn.pgconn
@@ -283,7 +296,9 @@ def _open_postgres(url: str, reader_url: str | None, query: str, timeout_s: floa
                 cur.execute(f"SET LOCAL statement_timeout = {int(timeout_s * 1000)}")
             except psycopg.Error as err:
                 raise translate(err) from err
-            cancel.on_cancel(lambda: conn.cancel_safe(timeout=5))
+            cancel.on_cancel(lambda: _keep_cancelling(conn))
+            if cancel.requested:
+                raise _cancelled_error(cancel)
             # Extended protocol (as stream() always uses): one statement only ("cannot
             # insert multiple commands into a prepared statement"); rows arrive one by one.
             # A suspended stream holds the connection's lock, so it is closed (which cancels

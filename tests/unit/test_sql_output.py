@@ -124,7 +124,8 @@ def test_read_commands_never_create_a_database(tmp_path, monkeypatch, command):
 
 def test_reader_db_is_refused_for_sqlite(sqlite_url):
     result = _sql(sqlite_url, "SELECT 1", "--reader-db", "postgresql+psycopg://r@127.0.0.1/x")
-    assert result.exit_code == 1 and result.stderr.startswith("Error: --reader-db / $TRACKER_READER_DB is for PostgreSQL")
+    assert result.exit_code == 1
+    assert result.stderr.startswith("Error: --reader-db / $TRACKER_READER_DB is for PostgreSQL")
 
 
 def test_a_file_that_is_no_tracker_database_is_refused(tmp_path):
