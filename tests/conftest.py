@@ -101,6 +101,9 @@ def _fresh_database(pg_admin, prefix: str, template: str | None = None):
 
     dispose_engines()
     _drop_database(pg_admin, name)
+    from tracker.db.reader_role import drop_reader_role
+
+    drop_reader_role(pg_admin, name)  # roles are cluster-wide: `tracker db upgrade` made one per database
 
 
 @pytest.fixture

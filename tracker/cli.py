@@ -23,7 +23,7 @@ class TrackerGroup(click.Group):
             return super().invoke(ctx)
         except TrackerError as err:
             click.echo(f"Error: {err}", err=True)
-            sys.exit(1)
+            sys.exit(err.exit_code)
         except KeyboardInterrupt:
             click.echo("Interrupted.", err=True)
             sys.exit(130)

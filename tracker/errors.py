@@ -11,6 +11,7 @@ class TrackerError(Exception):
     """Base class of every error the CLI reports as ``Error: ...`` with exit status 1."""
 
     hint: str | None = None
+    exit_code: int = 1
 
     def __init__(self, message: str, hint: str | None = None) -> None:
         super().__init__(message)
@@ -76,3 +77,23 @@ class InputTooLongError(TrackerError):
 
 class EmptyAnswerError(TrackerError):
     """A sample's answer tokenizes to nothing, so there is no NLL to measure."""
+
+
+class DatabaseMissing(DatabaseError):
+    """A read command was pointed at a database that does not exist (it never creates one)."""
+
+
+class ReaderRoleUnavailable(DatabaseError):
+    """``tracker sql`` has no SELECT-only login role to run the statement as (PostgreSQL)."""
+
+
+class QueryTimeLimit(DatabaseError):
+    """A ``tracker sql`` statement ran past its time limit and the database stopped it."""
+
+
+class QueryCancelled(TrackerError):
+    """SIGINT or SIGTERM stopped a ``tracker sql`` statement; exits 128 + the signal number."""
+
+    def __init__(self, message: str, signal_number: int, hint: str | None = None) -> None:
+        super().__init__(message, hint)
+        self.exit_code = 128 + signal_number

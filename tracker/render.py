@@ -1,14 +1,19 @@
-"""One renderer for tabular output (table, csv, json) and the click option that selects it."""
+"""One renderer for tabular output (table, csv, json) and the click option that selects it.
+
+NULL and NaN stay apart: JSON writes NULL as ``null`` and a non-finite float as the
+string ``"NaN"`` / ``"Infinity"`` / ``"-Infinity"`` (JSON has no NaN); CSV writes NULL as
+an empty field and the same three words for non-finite floats.
+"""
 from __future__ import annotations
 
 import csv
 import io
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import date, datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, TextIO
 
 import click
 
@@ -23,13 +28,17 @@ def format_option(default: str = "table"):
     )
 
 
+def _non_finite(value: float) -> str:
+    return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+
+
 def _jsonable(value: Any) -> Any:
     if isinstance(value, (datetime, date)):
         return value.isoformat()
     if isinstance(value, Decimal):
-        return float(value)
+        return _non_finite(float(value)) if not value.is_finite() else float(value)
     if isinstance(value, float) and not math.isfinite(value):
-        return None
+        return _non_finite(value)
     if isinstance(value, (bytes, memoryview)):
         return bytes(value).hex()
     if hasattr(value, "item") and callable(value.item):  # numpy scalars
@@ -41,22 +50,64 @@ def _cell(value: Any) -> str:
     if value is None:
         return ""
     if isinstance(value, float):
-        return f"{value:.6g}"
+        return f"{value:.6g}" if math.isfinite(value) else _non_finite(value)
     if isinstance(value, (dict, list)):
         return json.dumps(value, default=str)
     return str(value)
 
 
-def render_rows(columns: Sequence[str], rows: Sequence[Sequence[Any]], fmt: str = "table") -> str:
-    """Render ``rows`` (sequences aligned with ``columns``) as text; no trailing newline."""
+def unique_column_names(columns: Sequence[str]) -> tuple[list[str], list[tuple[str, str]]]:
+    """Distinct names for result columns (``nll``, ``nll_2``, ...) and the (old, new) renames made.
+
+    A JSON object keeps one value per key and CSV readers key columns by name, so a join
+    of two tables with an ``nll`` each would otherwise lose one of them.
+    """
+    taken = set(columns)
+    seen: set[str] = set()
+    names, renamed = [], []
+    for name in columns:
+        new = name
+        if name in seen:
+            n = 2
+            while f"{name}_{n}" in taken:
+                n += 1
+            new = f"{name}_{n}"
+            taken.add(new)
+            renamed.append((name, new))
+        seen.add(name)
+        names.append(new)
+    return names, renamed
+
+
+def write_rows(columns: Sequence[str], rows: Iterable[Sequence[Any]], fmt: str, out: TextIO) -> int:
+    """Write csv or json to ``out`` one row at a time (constant memory); returns the row count.
+
+    The JSON is one array, byte for byte what :func:`render_rows` returns, plus a newline.
+    """
+    count = 0
     if fmt == "json":
-        return json.dumps([{c: _jsonable(v) for c, v in zip(columns, row)} for row in rows], default=str)
+        out.write("[")
+        for row in rows:
+            out.write((", " if count else "") + json.dumps({c: _jsonable(v) for c, v in zip(columns, row)},
+                                                           default=str))
+            count += 1
+        out.write("]\n")
+        return count
     if fmt == "csv":
-        buf = io.StringIO()
-        writer = csv.writer(buf, lineterminator="\n")
+        writer = csv.writer(out, lineterminator="\n")
         writer.writerow(columns)
         for row in rows:
             writer.writerow(["" if v is None else _jsonable(v) for v in row])
+            count += 1
+        return count
+    raise click.BadParameter(f"format {fmt!r} cannot be streamed; choose csv or json")
+
+
+def render_rows(columns: Sequence[str], rows: Sequence[Sequence[Any]], fmt: str = "table") -> str:
+    """Render ``rows`` (sequences aligned with ``columns``) as text; no trailing newline."""
+    if fmt in ("json", "csv"):
+        buf = io.StringIO()
+        write_rows(columns, rows, fmt, buf)
         return buf.getvalue().rstrip("\n")
     if fmt == "table":
         cells = [[_cell(v) for v in row] for row in rows]

@@ -42,8 +42,8 @@ def resolve_db_url(explicit: str | None = None) -> str:
     return explicit or os.environ.get(ENV_DB) or DEFAULT_DB_URL
 
 
-def reader_db_url(explicit: str | None = None) -> str | None:
-    """``--reader-db URL``, else ``$TRACKER_READER_DB``, else None (derive it from the database URL)."""
+def resolve_reader_url(explicit: str | None = None) -> str | None:
+    """``--reader-db URL``, else ``$TRACKER_READER_DB``, else None (``tracker sql`` derives one)."""
     return explicit or os.environ.get(ENV_READER_DB) or None
 
 

@@ -27,7 +27,6 @@ from queue_fixtures import (
 )
 from sqlalchemy import create_engine, select, text
 
-from tracker import queue
 from tracker.db import get_engine, session_scope
 from tracker.db.schema import Job, JobStatus, Score, WorkerRow
 from workers.backends.fake import count_calls

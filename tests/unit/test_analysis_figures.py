@@ -8,7 +8,14 @@ import pandas as pd
 import pytest
 from matplotlib.collections import LineCollection
 
-from analysis.figures import forest_plot, heatmap, make_figures, robust_limits, save_figures, text_colour
+from analysis.figures import (
+    forest_plot,
+    heatmap,
+    make_figures,
+    robust_limits,
+    save_figures,
+    text_colour,
+)
 from analysis.report import build_report
 from analysis.synthetic import make_run
 

@@ -64,12 +64,15 @@ def test_version_table_has_our_name_so_mlflow_tables_cannot_collide(db_url):
     assert "tracker_alembic_version" in names and "alembic_version" not in names
 
 
-def test_fresh_sqlite_default_is_created_and_migrated(tmp_path, monkeypatch):
+def test_fresh_sqlite_default_is_created_by_a_write_never_by_a_read(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    read = CliRunner().invoke(cli, ["sql", "SELECT count(*) AS n FROM results", "--format", "json"])
+    assert read.exit_code == 1 and read.output.startswith(f"Error: No database at {tmp_path / 'tracker.db'}.")
+    assert not (tmp_path / "tracker.db").exists()
+    assert CliRunner().invoke(cli, ["db", "upgrade"]).exit_code == 0
     result = CliRunner().invoke(cli, ["sql", "SELECT count(*) AS n FROM results", "--format", "json"])
     assert result.exit_code == 0, result.output
     assert result.output.strip() == '[{"n": 0}]'
-    assert (tmp_path / "tracker.db").exists()
     assert migrate.current_revision(create_tracker_engine("sqlite:///tracker.db")) == migrate.head_revision()
 
 
@@ -89,9 +92,11 @@ def test_database_at_an_older_revision_is_refused_with_upgrade_hint(empty_url):
 
 
 def test_unmigrated_postgres_is_refused_not_silently_created(pg_empty_url):
+    # `tracker sql` never logs in as the URL's role; the reader that `tracker db upgrade` makes is missing.
     result = CliRunner().invoke(cli, ["--db", pg_empty_url, "sql", "SELECT 1"])
     assert result.exit_code == 1
-    assert "no tracker schema" in result.output and "tracker db upgrade" in result.output
+    assert "does not exist" in result.output and "run `tracker db upgrade`" in result.output
+    assert migrate.current_revision(create_tracker_engine(pg_empty_url)) is None
 
 
 def test_db_cli_upgrade_current_downgrade(tmp_path):

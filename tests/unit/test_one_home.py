@@ -1,8 +1,8 @@
 """Rules that several layers must agree on live in one place; each test pins one of them."""
 from __future__ import annotations
 
-from fractions import Fraction
 import sqlite3
+from fractions import Fraction
 
 import psycopg
 import pytest

@@ -5,52 +5,20 @@ import os
 from pathlib import Path
 
 from click.testing import CliRunner
+from sql_fixtures import fixture_rows as _fixture_rows
 from sqlalchemy import func, select, text
 
 from tracker.cli import cli
-from tracker.db import get_engine, is_sqlite, session_scope
-from tracker.db.schema import (
-    Condition,
-    Experiment,
-    ExperimentRun,
-    Job,
-    ModelRow,
-    RunJob,
-    Sample,
-    Score,
-)
-
-
-def _fixture_rows(url: str) -> None:
-    engine = get_engine(url)
-    with session_scope(engine) as s:
-        exp = Experiment(name="expA", description="")
-        s.add(exp)
-        s.flush()
-        run = ExperimentRun(experiment_id=exp.id, spec_hash="h", overrides_key="", overrides={}, spec={})
-        model = ModelRow(name="m1", source="x", family="llama", revision="r", dtype="float32", attn_implementation="sdpa")
-        samples = [Sample(dataset="ds", split="", source_key=f"k{i}", recipe_hash="r", recipe={}, doc="d", query="q",
-                          answer="a", meta={}) for i in range(2)]
-        conds = [Condition(name=n, kind=n, params={}, definition_hash="h") for n in ("bare", "oracle")]
-        s.add_all([run, model, *samples, *conds])
-        s.flush()
-        nll = {("k0", "bare"): 1.5, ("k0", "oracle"): 1.25, ("k1", "bare"): 2.0}
-        for sample in samples:
-            for cond in conds:
-                job = Job(job_key=f"{sample.source_key}-{cond.name}", sample_id=sample.id, condition_id=cond.id,
-                          model_id=model.id, mode="two_phase", scorer_version="v1",
-                          status="done" if (sample.source_key, cond.name) in nll else "pending")
-                s.add(job)
-                s.flush()
-                s.add(RunJob(run_id=run.id, job_id=job.id, stage=1))
-                if (sample.source_key, cond.name) in nll:
-                    s.add(Score(job_id=job.id, nll=nll[(sample.source_key, cond.name)], n_tokens=4))
-
+from tracker.db import get_engine, is_sqlite
+from tracker.db.reader_role import ensure_reader_role
+from tracker.db.schema import Score
 
 QUERY = "SELECT sample_id, condition, nll, n_tokens FROM results ORDER BY sample_id, condition"
 
 
 def _run(url: str, *args: str):
+    if not is_sqlite(url):  # `tracker sql` runs as the reader role that `tracker db upgrade` makes
+        ensure_reader_role(get_engine(url))
     return CliRunner().invoke(cli, ["--db", url, "sql", *args])
 
 

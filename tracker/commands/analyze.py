@@ -38,7 +38,8 @@ def analyze_cmd(experiment: str, fmt: str, run_id: int | None, mlflow_uri: str |
 
     url = resolve_db_url(db)
     spec = load_spec(experiment)
-    result = analyze_spec(get_engine(url), url, spec, run_id=run_id, mlflow=not no_mlflow, mlflow_uri=mlflow_uri,
+    engine = get_engine(url, create=False)
+    result = analyze_spec(engine, url, spec, run_id=run_id, mlflow=not no_mlflow, mlflow_uri=mlflow_uri,
                           out=out, bootstrap=bootstrap, seed=seed)
     click.echo(result.report.to_json() if fmt == "json" else result.report.render_text())
     if fmt != "json":

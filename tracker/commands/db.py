@@ -2,10 +2,17 @@
 from __future__ import annotations
 
 import click
+from sqlalchemy import exc
 
 from tracker.commands.options import db_option
-from tracker.db import create_tracker_engine, migrate
-from tracker.settings import redact_url, resolve_db_url
+from tracker.db import (
+    create_tracker_engine,
+    is_sqlite,
+    migrate,
+    reader_role,
+    translate_db_error,
+)
+from tracker.settings import ENV_READER_DB, redact_url, resolve_db_url
 
 
 @click.group("db")
@@ -25,6 +32,9 @@ def db_group() -> None:
 def upgrade_cmd(revision: str, db: str | None) -> None:
     """Migrate the database to REVISION (default: head), creating it if needed.
 
+    On PostgreSQL it also creates (when the URL's role may create roles) and re-grants
+    the SELECT-only login role that `tracker sql` runs as.
+
     \b
     Example:
         tracker db upgrade
@@ -33,6 +43,23 @@ def upgrade_cmd(revision: str, db: str | None) -> None:
     engine = create_tracker_engine(url)
     migrate.upgrade(engine, revision)
     click.echo(f"{redact_url(url)} is at revision {migrate.current_revision(engine)}")
+    if not is_sqlite(engine):
+        _report_reader_role(engine)
+
+
+def _report_reader_role(engine) -> None:
+    try:
+        status = reader_role.ensure_reader_role(engine)
+    except exc.DBAPIError as err:
+        raise translate_db_error(err, redact_url(str(engine.url))) from err
+    if status.ready:
+        made = "created" if status.created else "up to date"
+        click.echo(f"reader role {status.role} for `tracker sql`: {made} (SELECT on every table and view)")
+        return
+    click.echo(f"Note: `tracker sql` needs the SELECT-only login role {status.role}, and it is not ready: "
+               + "; ".join(status.problems) + ".\nAn administrator (superuser or CREATEROLE) runs:\n"
+               + status.admin_sql + f"\nor give `tracker sql` a SELECT-only login with --reader-db URL / "
+               f"${ENV_READER_DB}.", err=True)
 
 
 @db_group.command("current")

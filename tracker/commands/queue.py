@@ -73,7 +73,7 @@ def status_cmd(experiment: str | None, fmt: str, watch: bool, interval: float, d
         tracker status exp03 --format json
         tracker status --watch
     """
-    engine = get_engine(db)
+    engine = get_engine(db, create=False)
     while True:
         report = queue.queue_status(engine, experiment)
         text = render_status(report, fmt)
@@ -163,7 +163,7 @@ def workers_cmd(fmt: str, live: bool, db: str | None) -> None:
         tracker workers
         tracker workers --live --format json
     """
-    rows = queue.list_workers(get_engine(db), live_only=live)
+    rows = queue.list_workers(get_engine(db, create=False), live_only=live)
     click.echo(render_records(rows, fmt, ["id", "name", "host", "pid", "device", "model", "state", "jobs_done",
                                           "heartbeat_age_s", "self_check", "started_at"]))
 

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from tracker.db import migrate
 from tracker.db.errors import translate_db_error
-from tracker.errors import SchemaOutOfDate
+from tracker.errors import DatabaseMissing, SchemaOutOfDate
 from tracker.settings import redact_url, resolve_db_url
 
 SQLITE_BUSY_TIMEOUT_MS = 60_000
@@ -51,13 +51,16 @@ def create_tracker_engine(url: str) -> Engine:
     return create_engine(u, pool_pre_ping=True, connect_args={"connect_timeout": 10})
 
 
-def get_engine(url: str | None = None, *, check_schema: bool = True) -> Engine:
+def get_engine(url: str | None = None, *, check_schema: bool = True, create: bool = True) -> Engine:
     """The process-wide engine for ``url`` (resolved like ``--db``), ready to use.
 
-    A fresh SQLite file is created and migrated on first use; any other database that is
-    not at the head revision is refused with a hint to run ``tracker db upgrade``.
+    A fresh SQLite file is created and migrated on first use, unless ``create`` is False
+    (commands that only read): then a missing file is :class:`DatabaseMissing`. Any other
+    database that is not at the head revision is refused with a hint to run ``tracker db upgrade``.
     """
     url = resolve_db_url(url)
+    if not create:
+        require_existing_sqlite(url)
     engine = _engines.get(url)
     if engine is None:
         engine = create_tracker_engine(url)
@@ -69,6 +72,20 @@ def get_engine(url: str | None = None, *, check_schema: bool = True) -> Engine:
                 raise
         _engines[url] = engine
     return engine
+
+
+def require_existing_sqlite(url: str) -> None:
+    """Raise :class:`DatabaseMissing` for a SQLite URL whose file is absent or empty."""
+    u = make_url(url)
+    if u.get_backend_name() != "sqlite" or u.database in (None, "", ":memory:"):
+        return
+    path = os.path.abspath(u.database)
+    if not os.path.isfile(path) or os.path.getsize(path) == 0:
+        raise DatabaseMissing(
+            f"No database at {path}" + (" (the file is empty)." if os.path.isfile(path) else "."),
+            hint="check the path (--db / TRACKER_DB); only commands that write "
+                 "(`tracker db upgrade`, `tracker enqueue`) create a new database",
+        )
 
 
 def dispose_engines() -> None:
