@@ -10,6 +10,7 @@ from tracker.commands import analyze as analyze_commands
 from tracker.commands import db as db_commands
 from tracker.commands import experiments as experiment_commands
 from tracker.commands import queue as queue_commands
+from tracker.commands import results as results_commands
 from tracker.commands import run as run_commands
 from tracker.commands import sql as sql_commands
 from tracker.errors import TrackerError
@@ -47,7 +48,8 @@ def cli(ctx: click.Context, db: str | None) -> None:
     ctx.obj["db"] = db
 
 
-for module in (db_commands, sql_commands, queue_commands, experiment_commands, analyze_commands, run_commands):
+for module in (db_commands, sql_commands, queue_commands, experiment_commands, analyze_commands, run_commands,
+               results_commands):
     for command in module.COMMANDS:
         cli.add_command(command)
 

@@ -63,6 +63,10 @@ class DatasetError(TrackerError):
     """A dataset cannot be loaded (offline hub, missing local copy, bad rows)."""
 
 
+class AmbiguousSampleError(TrackerError):
+    """A sample key matches several samples of a run (ed02's padded variants, one key in two datasets)."""
+
+
 class DeviceError(TrackerError):
     """A device was asked for that this machine does not have."""
 

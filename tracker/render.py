@@ -10,6 +10,8 @@ import csv
 import io
 import json
 import math
+import shutil
+import sys
 from collections.abc import Iterable, Sequence
 from datetime import date, datetime
 from decimal import Decimal
@@ -103,8 +105,18 @@ def write_rows(columns: Sequence[str], rows: Iterable[Sequence[Any]], fmt: str, 
     raise click.BadParameter(f"format {fmt!r} cannot be streamed; choose csv or json")
 
 
-def render_rows(columns: Sequence[str], rows: Sequence[Sequence[Any]], fmt: str = "table") -> str:
-    """Render ``rows`` (sequences aligned with ``columns``) as text; no trailing newline."""
+def terminal_width() -> int | None:
+    """The terminal's width when stdout is one, else None (a pipe or a file gets full-width lines)."""
+    return shutil.get_terminal_size().columns if sys.stdout.isatty() else None
+
+
+def render_rows(columns: Sequence[str], rows: Sequence[Sequence[Any]], fmt: str = "table",
+                width: int | None | str = "terminal") -> str:
+    """Render ``rows`` (sequences aligned with ``columns``) as text; no trailing newline.
+
+    A table wider than ``width`` (default: the terminal's, when stdout is a terminal) is
+    folded: long cells wrap inside their column, so every line fits and no value is cut.
+    """
     if fmt in ("json", "csv"):
         buf = io.StringIO()
         write_rows(columns, rows, fmt, buf)
@@ -115,6 +127,9 @@ def render_rows(columns: Sequence[str], rows: Sequence[Sequence[Any]], fmt: str 
         for row in cells:
             widths = [max(w, len(v)) for w, v in zip(widths, row)]
         numeric = [all(isinstance(r[i], (int, float)) or r[i] is None for r in rows) and rows for i in range(len(columns))]
+        limit = terminal_width() if width == "terminal" else width
+        if limit is not None and sum(widths) + 2 * (len(widths) - 1) > limit:
+            return _folded_table(columns, cells, numeric, limit)
 
         def line(values: Sequence[str]) -> str:
             parts = [v.rjust(w) if num else v.ljust(w) for v, w, num in zip(values, widths, numeric)]
@@ -124,6 +139,24 @@ def render_rows(columns: Sequence[str], rows: Sequence[Sequence[Any]], fmt: str 
         out += [line(r) for r in cells]
         return "\n".join(out)
     raise click.BadParameter(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+
+
+def _folded_table(columns: Sequence[str], cells: list[list[str]], numeric: list, width: int) -> str:
+    """The table at most ``width`` characters wide, long cells folded over several lines (rich)."""
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, header_style="", padding=(0, 1))
+    for name, num in zip(columns, numeric):
+        table.add_column(name, justify="right" if num else "left", overflow="fold")
+    for row in cells:
+        table.add_row(*row)
+    console = Console(width=width, file=io.StringIO(), color_system=None, highlight=False, emoji=False,
+                      markup=False, soft_wrap=False)
+    with console.capture() as capture:
+        console.print(table)
+    return "\n".join(line.rstrip() for line in capture.get().rstrip("\n").splitlines())
 
 
 def render_records(records: Sequence[dict[str, Any]], fmt: str = "table", columns: Sequence[str] | None = None) -> str:

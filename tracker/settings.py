@@ -10,6 +10,9 @@ import os
 from pathlib import Path
 
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+from tracker.errors import ConfigError
 
 DEFAULT_DB_URL = "sqlite:///tracker.db"
 ENV_DB = "TRACKER_DB"
@@ -37,9 +40,51 @@ def datasets_offline() -> bool:
     return any(flag_is_on(name) for name in DATASETS_OFFLINE_FLAGS)
 
 
+SQLITE_SUFFIXES = (".db", ".sqlite", ".sqlite3")
+_URL_ALIASES = {"postgres": "postgresql+psycopg", "postgresql": "postgresql+psycopg",
+                "postgresql+psycopg2": "postgresql+psycopg"}
+_SUPPORTED = ("sqlite", "postgresql+psycopg")
+
+
 def resolve_db_url(explicit: str | None = None) -> str:
-    """``--db URL``, else ``$TRACKER_DB``, else ``sqlite:///tracker.db`` in the working directory."""
-    return explicit or os.environ.get(ENV_DB) or DEFAULT_DB_URL
+    """``--db URL``, else ``$TRACKER_DB``, else ``sqlite:///tracker.db`` in the working directory.
+
+    The one place a database argument is parsed: a SQLite file path (``tracker.db``,
+    ``./runs/x.sqlite``, any existing file) becomes ``sqlite:///PATH``; ``postgres://`` and
+    ``postgresql://`` become ``postgresql+psycopg://`` (the driver we ship); any other
+    scheme (``mysql://``) or a string that is neither a URL nor a SQLite path is a
+    :class:`~tracker.errors.ConfigError` naming the fix.
+    """
+    value = (explicit or os.environ.get(ENV_DB) or DEFAULT_DB_URL).strip()
+    source = "--db" if explicit else (f"${ENV_DB}" if os.environ.get(ENV_DB) else "the default")
+    if "://" not in value:
+        return _sqlite_path_url(value, source)
+    try:
+        url = make_url(value)
+    except ArgumentError as err:
+        raise ConfigError(f"{source} {value!r} is not a database URL ({err}).", hint=_DB_HINT) from err
+    driver = _URL_ALIASES.get(url.drivername, url.drivername)
+    if driver.startswith("sqlite"):
+        driver = "sqlite"
+    if driver not in _SUPPORTED:
+        raise ConfigError(f"{source} {redact_url(value)}: the tracker does not support {url.drivername!r} databases.",
+                          hint=_DB_HINT)
+    return value if driver == url.drivername else url.set(drivername=driver).render_as_string(hide_password=False)
+
+
+_DB_HINT = ("use a SQLite file (`--db tracker.db` or sqlite:///PATH) or PostgreSQL "
+            "(`--db postgresql+psycopg://user@host/dbname`; postgres:// works too)")
+
+
+def _sqlite_path_url(value: str, source: str) -> str:
+    path = Path(value).expanduser()
+    if value and (path.suffix.lower() in SQLITE_SUFFIXES or path.is_file()):
+        return f"sqlite:///{path}"
+    raise ConfigError(
+        f"{source} {value!r} is neither a database URL nor a SQLite file path.",
+        hint="a SQLite file path ends in .db, .sqlite or .sqlite3 (or names an existing file); "
+             "otherwise " + _DB_HINT,
+    )
 
 
 def resolve_reader_url(explicit: str | None = None) -> str | None:

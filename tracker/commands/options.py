@@ -19,3 +19,9 @@ def db_option(func):
         return func(*args, db=db, **kwargs)
 
     return wrapper
+
+
+def run_option(func):
+    """``--run ID``: one experiment run (default: the latest; ``all`` for every run)."""
+    return click.option("--run", "run", default=None, metavar="ID",
+                        help="Experiment run id (default: the latest run; `all`: every run).")(func)
