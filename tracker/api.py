@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import json
 import platform
-from collections.abc import Mapping, Sequence
+import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,39 @@ import pandas as pd
 from sqlalchemy import Engine
 
 from tracker.errors import AmbiguousSampleError, ConfigError
+
+INSTALL_ROOT = Path(__file__).resolve().parents[1]  # the folder holding tracker/, analysis/ and workers/
+
+
+def _own_packages() -> None:
+    """Import our ``analysis`` and ``workers`` packages from where ``tracker`` is installed.
+
+    Both are top-level names, and a notebook's folder (first on ``sys.path``) often has an
+    ``analysis/`` of its own; the install folder is put first for these two imports only, and
+    their submodules then load through the packages' own paths.
+    """
+    for name in ("analysis", "workers"):
+        loaded = sys.modules.get(name)
+        if loaded is not None:
+            where = Path(getattr(loaded, "__file__", "") or ".").resolve().parent.parent
+            if where != INSTALL_ROOT:
+                raise ConfigError(
+                    f"A module named {name!r} from {where} is already imported, so tracker cannot load its own "
+                    f"{name} package (from {INSTALL_ROOT}).",
+                    hint=f"import tracker before your own {name!r} module, or rename that module",
+                )
+            continue
+        sys.path.insert(0, str(INSTALL_ROOT))
+        try:
+            if name == "analysis":
+                import analysis  # noqa: F401
+            else:
+                import workers  # noqa: F401
+        finally:
+            sys.path.remove(str(INSTALL_ROOT))
+
+
+_own_packages()
 
 EXPORT_FORMATS = ("parquet", "csv", "jsonl")
 PROVENANCE_KEY = b"tracker.provenance"
@@ -259,10 +293,19 @@ def export(experiment: str, output: str | Path, *, format: str | None = None, db
         if fmt == "csv":
             frame.to_csv(path, index=False)
         else:
-            frame.to_json(path, orient="records", lines=True, force_ascii=False)
+            _write_jsonl(frame, path)
         sidecar = path.with_name(path.name + ".provenance.json")
         sidecar.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
     return ExportResult(path, int(len(frame)), record, sidecar, [str(c) for c in frame.columns])
+
+
+def _write_jsonl(frame: pd.DataFrame, path: Path) -> None:
+    """One JSON object per row; floats written exactly (shortest repr), missing values as null."""
+    from analysis.report_data import frame_records
+
+    with path.open("w", encoding="utf-8") as out:
+        for record in frame_records(frame):
+            out.write(json.dumps(record, ensure_ascii=False, allow_nan=False) + "\n")
 
 
 def read_provenance(path: str | Path) -> dict:

@@ -42,12 +42,26 @@ def analyze_cmd(experiment: str, fmt: str, run_id: int | None, mlflow_uri: str |
     result = analyze_spec(engine, url, spec, run_id=run_id, mlflow=not no_mlflow, mlflow_uri=mlflow_uri,
                           out=out, bootstrap=bootstrap, seed=seed)
     click.echo(result.report.to_json() if fmt == "json" else result.report.render_text())
-    if fmt != "json":
-        if result.mlflow_run_id:
-            click.echo(f"\nMLflow run {result.mlflow_run_id} in {redact_url(result.tracking_uri)} "
-                       f"(browse: mlflow ui --backend-store-uri {result.tracking_uri})")
-        if result.out_dir:
-            click.echo(f"tables and figures written to {result.out_dir}")
+    say = (lambda text: click.echo(text, err=True)) if fmt == "json" else click.echo
+    if result.mlflow is not None:
+        say("\n" + mlflow_lines(result))
+    if result.out_dir:
+        say(f"tables and figures written to {result.out_dir}")
+
+
+def mlflow_lines(result) -> str:
+    """Where the analysis is in MLflow: a new run, or the existing one when the inputs were unchanged."""
+    from analysis.mlflow_log import experiment_url
+
+    logged = result.mlflow
+    head = (f"MLflow run {logged.run_id}" if logged.created
+            else f"inputs unchanged: existing MLflow run {logged.run_id}")
+    lines = [f"{head} in {redact_url(result.tracking_uri)}"]
+    if logged.created and logged.changes:
+        lines.append("  changed since the previous run: " + "; ".join(logged.changes))
+    lines.append(f"  browse: mlflow ui --backend-store-uri {result.tracking_uri}")
+    lines.append(f"  then open {experiment_url(logged.experiment_id)}")
+    return "\n".join(lines)
 
 
 COMMANDS = [analyze_cmd]

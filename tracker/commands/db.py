@@ -10,8 +10,10 @@ from tracker.db import (
     is_sqlite,
     migrate,
     reader_role,
+    require_existing_sqlite,
     translate_db_error,
 )
+from tracker.errors import SchemaOutOfDate
 from tracker.settings import ENV_READER_DB, redact_url, resolve_db_url
 
 
@@ -65,17 +67,22 @@ def _report_reader_role(engine) -> None:
 @db_group.command("current")
 @db_option
 def current_cmd(db: str | None) -> None:
-    """Print the database's schema revision and the head revision.
+    """Print the database's schema revision and the head revision; exit 1 when it is behind
+    (like `alembic check`), so scripts can test it.
 
     \b
     Example:
         tracker db current
+        tracker db current || tracker db upgrade
     """
     url = resolve_db_url(db)
+    require_existing_sqlite(url)
     current = migrate.current_revision(create_tracker_engine(url))
     head = migrate.head_revision()
-    state = "up to date" if current == head else "run `tracker db upgrade`"
-    click.echo(f"{redact_url(url)}: revision {current or '(none)'}; head {head} ({state})")
+    if current != head:
+        raise SchemaOutOfDate(f"{redact_url(url)}: revision {current or '(none)'}; head {head} (behind).",
+                              hint=f"run `tracker db upgrade` (with --db {redact_url(url)} if it is not your default)")
+    click.echo(f"{redact_url(url)}: revision {current}; head {head} (up to date)")
 
 
 @db_group.command("downgrade")

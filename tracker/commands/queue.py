@@ -63,45 +63,69 @@ def worker_cmd(gpu: int | None, device: str | None, model: str | None, batch_siz
 @click.option("--watch", is_flag=True, help="Redraw every few seconds until Ctrl-C.")
 @click.option("--interval", type=click.FloatRange(min=0.5), default=5.0, show_default=True,
               help="Seconds between redraws with --watch.")
+@click.option("--run", "run_id", type=int, default=None, metavar="ID",
+              help="Only the jobs of this run of EXPERIMENT (default: every run).")
 @db_option
-def status_cmd(experiment: str | None, fmt: str, watch: bool, interval: float, db: str | None) -> None:
+def status_cmd(experiment: str | None, fmt: str, watch: bool, interval: float, run_id: int | None,
+               db: str | None) -> None:
     """Progress by condition and model, throughput, ETA, live workers and failed jobs.
+
+    `--format csv` prints the counts table only (pure CSV) and the rest to stderr;
+    `--format json` prints one JSON document.
 
     \b
     Example:
         tracker status exp03
-        tracker status exp03 --format json
+        tracker status demo --run 2 --format json
         tracker status --watch
     """
+    if run_id is not None and experiment is None:
+        raise click.UsageError("--run needs an EXPERIMENT (run ids belong to one experiment)")
     engine = get_engine(db, create=False)
     while True:
-        report = queue.queue_status(engine, experiment)
-        text = render_status(report, fmt)
-        if not watch:
-            click.echo(text)
-            return
-        click.clear()
+        report = queue.queue_status(engine, experiment, run_id=run_id)
+        text, notes = render_status(report, fmt)
+        if watch:
+            click.clear()
         click.echo(text)
+        if notes:
+            click.echo(notes, err=True)
+        if not watch:
+            return
         time.sleep(interval)
 
 
-def render_status(report: queue.StatusReport, fmt: str) -> str:
-    """The status report as a JSON object, or as tables (table/csv)."""
+def _runs_note(report: queue.StatusReport) -> str | None:
+    runs = report.runs or []
+    if report.run_id is not None or len(runs) < 2:
+        return None
+    listed = ", ".join(f"{r['run_id']}" + (f" ({json.dumps(r['overrides'], sort_keys=True)})" if r["overrides"] else "")
+                       for r in runs)
+    return (f"note: {len(runs)} runs of {report.experiment} share these counts: {listed}; "
+            f"one run: --run ID")
+
+
+def render_status(report: queue.StatusReport, fmt: str) -> tuple[str, str | None]:
+    """(stdout, notes for stderr): one JSON document; a pure CSV of the counts (the rest as
+    notes); or the tables with throughput, ETA, workers and failures."""
+    runs_note = _runs_note(report)
     if fmt == "json":
         return json.dumps({
-            "experiment": report.experiment, "counts": report.counts, "totals": report.totals,
+            "experiment": report.experiment, "run_id": report.run_id,
+            "runs": report.runs, "counts": report.counts, "totals": report.totals,
             "jobs_per_minute": round(report.jobs_per_minute, 3), "eta_seconds": report.eta_seconds,
             "workers": report.workers, "failed": report.failed,
-        }, default=str)
+        }, default=str), runs_note
     columns = ["condition", "model", "mode", "blocked", "pending", "running", "done", "failed", "total"]
-    parts = [render_records(report.counts, fmt, columns)]
-    totals = report.totals
-    eta = report.eta_seconds
-    parts.append(
-        f"\n{sum(totals.values())} jobs: " + ", ".join(f"{totals[k]} {k}" for k in totals)
-        + f"\nthroughput: {report.jobs_per_minute:.1f} jobs/min over the last {report.window_seconds / 60:.0f} min"
-        + f"; ETA: {_duration(eta)}"
-    )
+    counts = render_records(report.counts, fmt, columns)
+    summary = _summary(report)
+    if fmt == "csv":
+        failed = (f"{len(report.failed)} failed jobs (their errors: --format table or json)"
+                  if report.failed else None)
+        return counts, "\n".join(x for x in (runs_note, summary, failed) if x)
+    parts = [counts, "\n" + summary]
+    if runs_note:
+        parts.append(runs_note)
     parts.append(f"\nlive workers: {len(report.workers)}")
     if report.workers:
         parts.append(render_records(report.workers, fmt, ["id", "host", "pid", "device", "model", "jobs_done",
@@ -113,7 +137,16 @@ def render_status(report: queue.StatusReport, fmt: str) -> str:
         for row in report.failed[:FAILED_SHOWN_IN_TABLE]:
             if row.get("traceback"):
                 parts.append(f"\n--- job {row['job_id']} traceback ---\n{row['traceback'].rstrip()}")
-    return "\n".join(parts)
+    return "\n".join(parts), None
+
+
+def _summary(report: queue.StatusReport) -> str:
+    totals = report.totals
+    measured = report.measured_seconds or report.window_seconds
+    span = f"{measured / 60:.1f} min" if measured >= 60 else f"{measured:.0f} s"
+    return (f"{sum(totals.values())} jobs: " + ", ".join(f"{totals[k]} {k}" for k in totals)
+            + f"\nthroughput: {report.jobs_per_minute:.1f} jobs/min ({report.done_last_window} finished in the last "
+            f"{span}); ETA: {_duration(report.eta_seconds)}")
 
 
 def _duration(seconds: float | None) -> str:

@@ -5,7 +5,7 @@ import click
 
 from tracker.commands.options import db_option
 from tracker.db import get_engine
-from tracker.settings import redact_url, resolve_db_url
+from tracker.settings import resolve_db_url
 
 
 @click.command("run")
@@ -39,6 +39,7 @@ def run_cmd(experiment: str, workers: int, device: str | None, models: tuple[str
     from tqdm import tqdm
 
     from analysis.from_spec import analyze_spec
+    from tracker.commands.analyze import mlflow_lines
     from tracker.commands.experiments import render_report
     from tracker.planning import enqueue
     from tracker.runner import (
@@ -102,9 +103,8 @@ def run_cmd(experiment: str, workers: int, device: str | None, models: tuple[str
         return
     click.echo("")
     click.echo(result.report.render_text())
-    if result.mlflow_run_id:
-        click.echo(f"\nMLflow run {result.mlflow_run_id} in {redact_url(result.tracking_uri)}\n"
-                   f"  browse: mlflow ui --backend-store-uri {result.tracking_uri}")
+    if result.mlflow is not None:
+        click.echo("\n" + mlflow_lines(result))
 
 
 COMMANDS = [run_cmd]

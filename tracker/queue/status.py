@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
@@ -17,15 +18,21 @@ from sqlalchemy import (
 from sqlalchemy.orm import Session
 
 from tracker.db.clock import (
+    as_utc,
+    current_db_time,
     db_now,
     dialect_of,
 )
 from tracker.db.schema import (
     Condition,
+    Experiment,
+    ExperimentRun,
     JobKind,
     JobStatus,
     ModelRow,
+    RunJob,
 )
+from tracker.errors import UnknownExperimentError
 from tracker.queue.requeue import check_experiment, experiment_job_ids
 from tracker.queue.transitions import S, claimable, in_transaction, jobs
 from tracker.queue.worker_rows import list_workers
@@ -43,33 +50,81 @@ class StatusReport:
     window_seconds: float
     workers: list[dict]
     failed: list[dict]
+    measured_seconds: float | None = None  # the part of the window the rate is measured over
+    run_id: int | None = None
+    runs: list[dict] | None = None  # the experiment's runs (id, created_at, overrides)
 
     @property
     def jobs_per_minute(self) -> float:
-        return self.done_last_window * 60.0 / self.window_seconds
+        """Jobs finished per minute over the measured span: the window, or less when the work
+        started within it (the first job that finished in the window started then)."""
+        seconds = self.measured_seconds or self.window_seconds
+        return self.done_last_window * 60.0 / seconds if seconds > 0 else 0.0
 
     @property
     def eta_seconds(self) -> float | None:
         remaining = sum(self.totals.get(s.value, 0) for s in (S.blocked, S.pending, S.running))
         if remaining == 0:
             return 0.0
-        rate = self.done_last_window / self.window_seconds
+        rate = self.jobs_per_minute / 60.0
         return remaining / rate if rate > 0 else None
 
 
-def _job_scope(experiment: str | None) -> list[ColumnElement[bool]]:
+MIN_MEASURED_SECONDS = 1.0
+
+
+def _job_scope(experiment: str | None, run_id: int | None = None) -> list[ColumnElement[bool]]:
+    if run_id is not None:
+        return [jobs.c.id.in_(select(RunJob.job_id).where(RunJob.run_id == run_id))]
     return [] if experiment is None else [jobs.c.id.in_(experiment_job_ids(experiment))]
 
 
+def experiment_runs(session: Session, experiment: str) -> list[dict]:
+    """The runs of ``experiment``, oldest first: id, created_at, overrides (e.g. ``{"limit": 3}``)."""
+    rows = session.execute(
+        select(ExperimentRun.id, ExperimentRun.created_at, ExperimentRun.overrides)
+        .join(Experiment, Experiment.id == ExperimentRun.experiment_id)
+        .where(Experiment.name == experiment).order_by(ExperimentRun.id)
+    ).all()
+    return [{"run_id": r[0], "created_at": r[1], "overrides": dict(r[2] or {})} for r in rows]
+
+
+def _measured_rate(session: Session, scope: list[ColumnElement[bool]], window_seconds: float) -> tuple[int, float]:
+    """(jobs done in the window, seconds they were done in): the window, cut at the start of the
+    earliest of those jobs when the work began inside it (else a fresh run reads as slow)."""
+    since = db_now(dialect_of(session), -window_seconds)
+    count, first_start, first_finish = session.execute(
+        select(func.count(), func.min(jobs.c.started_at), func.min(jobs.c.finished_at))
+        .where(jobs.c.status == S.done, jobs.c.finished_at >= since, *scope)
+    ).one()
+    if not count:
+        return 0, window_seconds
+    now = current_db_time(session)
+    first = first_start or first_finish
+    if isinstance(first, str):  # SQLite hands an aggregate back as text
+        first = datetime.fromisoformat(first)
+    elapsed = (now - as_utc(first)).total_seconds()
+    return int(count), max(min(window_seconds, elapsed), MIN_MEASURED_SECONDS)
+
+
 def queue_status(
-    bind: Session | Engine, experiment: str | None = None, *, window_seconds: float = 300.0, failed_limit: int = 50
+    bind: Session | Engine, experiment: str | None = None, *, run_id: int | None = None,
+    window_seconds: float = 300.0, failed_limit: int = 50,
 ) -> StatusReport:
     """Counts by status per (condition, model, mode), throughput over the last window, live
-    workers and the failed jobs with their errors."""
+    workers and the failed jobs with their errors; ``run_id`` narrows it to one run of ``experiment``."""
 
     def op(session: Session) -> StatusReport:
         check_experiment(session, experiment)
-        scope = _job_scope(experiment)
+        runs = experiment_runs(session, experiment) if experiment is not None else None
+        if run_id is not None and (runs is None or run_id not in {r["run_id"] for r in runs}):
+            known = ", ".join(str(r["run_id"]) for r in runs or []) or "none"
+            raise UnknownExperimentError(
+                f"Run {run_id} is not a run of experiment {experiment!r} (its runs: {known}).",
+                hint="pick one of its runs, or leave --run out for all of them"
+                + ("" if experiment is not None else "; --run needs an EXPERIMENT"),
+            )
+        scope = _job_scope(experiment, run_id)
         label = func.coalesce(Condition.name, literal("(") + jobs.c.kind + literal(")"))
         grouped = session.execute(
             select(label.label("condition"), func.coalesce(ModelRow.name, literal("")).label("model"),
@@ -80,14 +135,12 @@ def queue_status(
         ).all()
         counts = _pivot_counts(grouped)
         totals = {s.value: sum(r[s.value] for r in counts) for s in S}
-        done_recent = session.execute(
-            select(func.count()).select_from(jobs).where(
-                jobs.c.status == S.done, jobs.c.finished_at >= db_now(dialect_of(session), -window_seconds), *scope)
-        ).scalar_one()
+        done_recent, measured = _measured_rate(session, scope, window_seconds)
         return StatusReport(
             experiment=experiment, counts=counts, totals=totals, done_last_window=done_recent,
             window_seconds=window_seconds, workers=list_workers(session, live_only=True),
-            failed=failed_jobs(session, experiment, limit=failed_limit),
+            failed=failed_jobs(session, experiment, limit=failed_limit, run_id=run_id),
+            measured_seconds=measured, run_id=run_id, runs=runs,
         )
 
     return in_transaction(bind, op)
@@ -104,7 +157,8 @@ def _pivot_counts(grouped: Iterable[Any]) -> list[dict]:
     return [table[k] for k in sorted(table)]
 
 
-def failed_jobs(bind: Session | Engine, experiment: str | None = None, *, limit: int = 50) -> list[dict]:
+def failed_jobs(bind: Session | Engine, experiment: str | None = None, *, limit: int = 50,
+                run_id: int | None = None) -> list[dict]:
     """Failed jobs (most recent first) with error type, message and traceback."""
 
     def op(session: Session) -> list[dict]:
@@ -113,7 +167,7 @@ def failed_jobs(bind: Session | Engine, experiment: str | None = None, *, limit:
                    jobs.c.attempts, jobs.c.error_type, jobs.c.error_message, jobs.c.error_traceback)
             .select_from(jobs.outerjoin(Condition, Condition.id == jobs.c.condition_id)
                          .outerjoin(ModelRow, ModelRow.id == jobs.c.model_id))
-            .where(jobs.c.status == S.failed, *_job_scope(experiment))
+            .where(jobs.c.status == S.failed, *_job_scope(experiment, run_id))
             .order_by(jobs.c.finished_at.desc(), jobs.c.id.desc()).limit(limit)
         ).all()
         keys = ("job_id", "job_key", "kind", "condition", "model", "mode", "attempts",
