@@ -90,8 +90,9 @@ def experiment_runs(session: Session, experiment: str) -> list[dict]:
 
 
 def _measured_rate(session: Session, scope: list[ColumnElement[bool]], window_seconds: float) -> tuple[int, float]:
-    """(jobs done in the window, seconds they were done in): the window, cut at the start of the
-    earliest of those jobs when the work began inside it (else a fresh run reads as slow)."""
+    """(jobs done in the window, seconds they were done in). The whole window when work was
+    already finishing before it; else from the start of the earliest job done in it, so a run
+    that began two minutes ago is not read as 2/5 of its real speed."""
     since = db_now(dialect_of(session), -window_seconds)
     count, first_start, first_finish = session.execute(
         select(func.count(), func.min(jobs.c.started_at), func.min(jobs.c.finished_at))
@@ -99,11 +100,15 @@ def _measured_rate(session: Session, scope: list[ColumnElement[bool]], window_se
     ).one()
     if not count:
         return 0, window_seconds
-    now = current_db_time(session)
+    older = session.execute(
+        select(jobs.c.id).where(jobs.c.status == S.done, jobs.c.finished_at < since, *scope).limit(1)
+    ).first()
+    if older is not None:
+        return int(count), window_seconds
     first = first_start or first_finish
     if isinstance(first, str):  # SQLite hands an aggregate back as text
         first = datetime.fromisoformat(first)
-    elapsed = (now - as_utc(first)).total_seconds()
+    elapsed = (current_db_time(session) - as_utc(first)).total_seconds()
     return int(count), max(min(window_seconds, elapsed), MIN_MEASURED_SECONDS)
 
 
