@@ -261,6 +261,61 @@ DATASETS: dict[str, DatasetInfo] = {
     )
 }
 
+# The shape of each dataset's rows, checked on local files before mapping (see :func:`check_row`):
+# "key" = required, a non-empty string or integer; "str" / "list" / "object" = that type or null.
+ROW_FIELDS: dict[str, dict[str, str]] = {
+    "ms_marco": {"query_id": "key", "query": "str", "answers": "list", "passages": "object",
+                 "passages.passage_text": "list", "passages.is_selected": "list"},
+    "squad_v2": {"id": "key", "question": "str", "context": "str", "answers": "object",
+                 "answers.text": "list", "answers.answer_start": "list"},
+    "trivia_qa": {"question_id": "key", "question": "str", "answer": "object", "answer.value": "str",
+                  "answer.aliases": "list", "entity_pages": "object", "entity_pages.wiki_context": "list",
+                  "entity_pages.title": "list"},
+    "hotpot_qa": {"id": "key", "question": "str", "answer": "str", "supporting_facts": "object",
+                  "supporting_facts.title": "list", "context": "object", "context.title": "list",
+                  "context.sentences": "list"},
+    "neural_bridge": {"context": "str", "question": "str", "answer": "str"},
+    "tinyqa": {"id": "key", "context": "str", "question": "str", "answer": "str"},
+}
+
+# Every choice a loader makes, in words: `tracker experiments --describe EXP` and the README print these.
+DATASET_CHOICES: dict[str, tuple[str, ...]] = {
+    "ms_marco": (
+        "hub microsoft/ms_marco, config v1.1, split validation",
+        "doc = the first passage marked is_selected; rows with no selected passage are skipped",
+        f"answer = the first answer that is not {MS_MARCO_NO_ANSWER!r}; rows with none are skipped (unanswerable)",
+        "source key = query_id",
+    ),
+    "squad_v2": (
+        "hub rajpurkar/squad_v2 (no config), split validation",
+        "doc = context; answer = the first of answers.text",
+        "unanswerable questions (empty answers.text) are skipped",
+        "source key = id",
+    ),
+    "trivia_qa": (
+        "hub mandarjoshi/trivia_qa, config rc.wikipedia, split validation",
+        "doc = a 300-word window (doc_max_words) of the first wiki page that contains the answer value or an "
+        "alias (whole-word, case-insensitive), the answer about a third into the window",
+        "rows whose answer is on no page are skipped",
+        "answer = answer.value; source key = question_id",
+    ),
+    "hotpot_qa": (
+        "hub hotpotqa/hotpot_qa, config distractor, split validation",
+        "doc = the supporting paragraphs (supporting_facts titles) in context order, joined by newlines",
+        "yes/no questions are skipped by default (their answer is not in the doc); recipe skip_yes_no: false keeps them",
+        "source key = id",
+    ),
+    "neural_bridge": (
+        "hub neural-bridge/rag-dataset-12000 (no config), split test",
+        "doc = context (naturally long); rows with an empty context, question or answer are skipped",
+        "source key = a hash of (context, question): the dataset has no ids",
+    ),
+    "tinyqa": (
+        "bundled with the package (60 passages written for this project), split test",
+        "source key = id",
+    ),
+}
+
 
 def get_dataset_info(name: str) -> DatasetInfo:
     try:
@@ -294,26 +349,58 @@ def resolve_data_dir(explicit: str | os.PathLike[str] | None = None) -> Path | N
     return settings.data_dir(explicit)
 
 
-def find_local_files(data_dir: Path, info: DatasetInfo, split: str) -> list[Path]:
-    """Local copies of one split, searched in these places (first that has files wins):
+def _split_files(root: Path, split: str, *, recursive: bool) -> list[Path]:
+    """Files of ``split`` under ``root``: named ``<split>``, ``<split>-*``, ``<split>_*`` or ``<split>.*``,
+    or inside a folder named ``<split>`` (hidden folders such as ``.cache`` skipped)."""
+    found = []
+    candidates = root.rglob("*") if recursive else [*root.iterdir(), *((root / split).iterdir()
+                                                                       if (root / split).is_dir() else [])]
+    for path in candidates:
+        rel = path.relative_to(root)
+        if not path.is_file() or not path.name.endswith(LOCAL_SUFFIXES) or any(p.startswith(".") for p in rel.parts):
+            continue
+        named = re.match(re.escape(split) + r"($|[-_.])", path.name) is not None
+        if named or split in rel.parts[:-1]:
+            found.append(path)
+    return sorted(found)
 
-    ``DIR/<name>/<split>*.{parquet,jsonl,json}``, ``DIR/<name>/<split>/*``, the same under
-    ``DIR/<name>/<config>/``, and the hub layout ``DIR/<hub_id>[/<config>]/<split>*``.
-    """
+
+def _config_folder(root: Path, config: str) -> Path | None:
+    """The shallowest folder named ``config`` under ``root`` (the hub keeps a config's files in one)."""
+    if (root / config).is_dir():
+        return root / config
+    matches = sorted((p for p in root.rglob(config) if p.is_dir()), key=lambda p: (len(p.parts), str(p)))
+    return matches[0] if matches else None
+
+
+def local_roots(data_dir: Path, info: DatasetInfo) -> list[Path]:
+    """Where a dataset's local copy may be: ``DIR/<name>``, the hub repo ``DIR/<owner>/<repo>`` and ``DIR/<repo>``."""
     roots = [data_dir / info.name]
-    if info.config:
-        roots.append(data_dir / info.name / info.config)
     if info.hub_id:
-        roots.append(data_dir / info.hub_id)
-        if info.config:
-            roots.append(data_dir / info.hub_id / info.config)
-    for root in roots:
+        roots += [data_dir / info.hub_id, data_dir / info.hub_id.split("/")[-1]]
+    return list(dict.fromkeys(roots))
+
+
+def find_local_files(data_dir: Path, info: DatasetInfo, split: str) -> list[Path]:
+    """Local copies of one split: the first root of :func:`local_roots` that has files wins.
+
+    In a root, a dataset with a config (MS MARCO ``v1.1``, TriviaQA ``rc.wikipedia``,
+    HotpotQA ``distractor``) is read from the folder named after the config, at any depth,
+    searched recursively; a dataset without one (SQuAD 2.0 keeps its files in ``squad_v2/``,
+    neural-bridge in ``data/``) from the whole root, recursively. Files belong to the split
+    by name (``validation.jsonl``, ``validation-00000-of-00001.parquet``) or by a folder
+    named after it. Without the config folder, only the root's own files (and ``<split>/``)
+    count, so one config's files are never read as another's.
+    """
+    for root in local_roots(data_dir, info):
         if not root.is_dir():
             continue
-        files = sorted(p for p in root.iterdir() if p.is_file() and p.name.startswith(split)
-                       and p.name.endswith(LOCAL_SUFFIXES))
-        if (root / split).is_dir():
-            files += sorted(p for p in (root / split).iterdir() if p.is_file() and p.name.endswith(LOCAL_SUFFIXES))
+        if info.config:
+            folder = _config_folder(root, info.config)
+            files = (_split_files(folder, split, recursive=True) if folder is not None
+                     else _split_files(root, split, recursive=False))
+        else:
+            files = _split_files(root, split, recursive=True)
         if files:
             return files
     return []
@@ -321,17 +408,95 @@ def find_local_files(data_dir: Path, info: DatasetInfo, split: str) -> list[Path
 
 def read_local_file(path: Path) -> list[dict[str, Any]]:
     """Rows of one parquet, JSON-lines or JSON (a list of rows) file."""
+    return [row for _, row in read_local_rows(path)]
+
+
+def read_local_rows(path: Path) -> list[tuple[str, Any]]:
+    """(where, row) of one parquet, JSON-lines or JSON file; ``where`` names the line / row for errors.
+
+    Bytes that are not UTF-8 and lines that are not JSON are :class:`DatasetError` naming the line.
+    """
     if path.name.endswith(".parquet"):
         import pyarrow.parquet as pq
 
-        return pq.read_table(path).to_pylist()
-    text = path.read_text(encoding="utf-8")
+        try:
+            rows = pq.read_table(path).to_pylist()
+        except Exception as err:  # noqa: BLE001 - pyarrow raises several types for a broken file
+            raise DatasetError(f"{path} is not a readable parquet file: {err}",
+                               hint="download the file again") from err
+        return [(f"row {i + 1}", row) for i, row in enumerate(rows)]
+    data = path.read_bytes()
+    lines = data.split(b"\n")
+    for number, raw in enumerate(lines, start=1):
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise DatasetError(f"{path} line {number}: bytes that are not UTF-8 (at byte {err.start} of the line).",
+                               hint="re-encode the file as UTF-8 (or remove the row)") from err
+    text = data.decode("utf-8")
     if path.name.endswith(".json") and text.lstrip().startswith("["):
-        return list(json.loads(text))
-    try:
-        return [json.loads(line) for line in text.splitlines() if line.strip()]
-    except json.JSONDecodeError as err:
-        raise DatasetError(f"{path} is not JSON lines: {err}", hint="write one JSON object per line") from err
+        try:
+            items = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise DatasetError(f"{path} line {err.lineno}: not valid JSON ({err.msg}).",
+                               hint="fix the file, or write one JSON object per line (.jsonl)") from err
+        return [(f"item {i + 1}", row) for i, row in enumerate(items)]
+    rows = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            rows.append((f"line {number}", json.loads(line)))
+        except json.JSONDecodeError as err:
+            raise DatasetError(f"{path} line {number}: not JSON ({err.msg}).",
+                               hint="write one JSON object per line") from err
+    return rows
+
+
+_TYPE_WORDS = {"str": "a string", "list": "a list", "object": "an object", "key": "a string or an integer"}
+
+
+def _type_word(value: Any) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    for kind, word in ((str, "a string"), (list, "a list"), (dict, "an object"), (int, "an integer"),
+                       (float, "a number")):
+        if isinstance(value, kind):
+            return word
+    return type(value).__name__
+
+
+def check_row(name: str, row: Any, where: str) -> None:
+    """Raise :class:`DatasetError` when ``row`` does not have the shape of ``name``'s rows (:data:`ROW_FIELDS`).
+
+    ``where`` says which file and line, for the message.
+    """
+    if not isinstance(row, dict):
+        raise DatasetError(f"{where}: the row is {_type_word(row)}, not an object.",
+                           hint=f"each row of {name} is one JSON object with the hub's fields")
+    for field_name, kind in ROW_FIELDS.get(name, {}).items():
+        parent, _, child = field_name.rpartition(".")
+        holder = row.get(parent) if parent else row
+        if parent and not isinstance(holder, dict):
+            continue  # the parent is null or missing (or was reported itself)
+        value = holder.get(child) if child else None
+        if kind == "key":
+            if value is None or (isinstance(value, str) and not value.strip()) or isinstance(value, bool) \
+                    or not isinstance(value, (str, int)):
+                what = "missing" if value is None else f"{_type_word(value)}"
+                raise DatasetError(f"{where}: field `{field_name}` is {what}; every {name} row needs it as its key.",
+                                   hint=f"fix or remove that row (fields of a {name} row: "
+                                        f"{', '.join(ROW_FIELDS[name])})")
+            continue
+        expected = {"str": str, "list": list, "object": dict}[kind]
+        if value is not None and not isinstance(value, expected):
+            shown = repr(value) if isinstance(value, (str, int, float)) and len(repr(value)) < 40 else ""
+            raise DatasetError(
+                f"{where}: field `{field_name}` is {_type_word(value)}{f' ({shown})' if shown else ''}, "
+                f"expected {_TYPE_WORDS[kind]}.",
+                hint=f"fix or remove that row (fields of a {name} row: "
+                     + ", ".join(f"{k}: {_TYPE_WORDS[v]}" for k, v in ROW_FIELDS[name].items()) + ")",
+            )
 
 
 def hub_reachable(timeout: float = 3.0) -> bool:
@@ -376,7 +541,12 @@ def load_raw_rows(name: str, split: str | None = None, data_dir: str | os.PathLi
         files = find_local_files(root, info, split)
         if not files:
             raise _offline_error(info, split, root, f"no local copy under {root}")
-        return [row for path in files for row in read_local_file(path)]
+        rows = []
+        for path in files:
+            for where, row in read_local_rows(path):
+                check_row(name, row, f"{path} {where}")
+                rows.append(row)
+        return rows
     return load_hub_rows(info, split)
 
 
@@ -413,7 +583,14 @@ def assign_partners(rows: list[MappedRow]) -> dict[str, MappedRow]:
 def prepare_rows(name: str, rows: Iterable[Mapping[str, Any]], recipe: Mapping[str, Any],
                  tokenizers: TokenizerLoader | None = None) -> list[PreparedSample]:
     """Map and filter raw rows, attach partners; duplicates of a source key keep the first row."""
+    return prepare_rows_counted(name, rows, recipe, tokenizers)[0]
+
+
+def prepare_rows_counted(name: str, rows: Iterable[Mapping[str, Any]], recipe: Mapping[str, Any],
+                         tokenizers: TokenizerLoader | None = None) -> tuple[list[PreparedSample], int]:
+    """:func:`prepare_rows` and the number of raw rows read."""
     info = get_dataset_info(name)
+    rows = list(rows)
     mapped: dict[str, MappedRow] = {}
     for row in rows:
         m = info.mapper(row, recipe)
@@ -434,7 +611,7 @@ def prepare_rows(name: str, rows: Iterable[Mapping[str, Any]], recipe: Mapping[s
             meta["unrelated_doc"] = partner.doc
         out.append(PreparedSample(name, recipe["split"], m.source_key, m.doc, m.query, m.answer, meta,
                                   dict(recipe), rhash))
-    return out
+    return out, len(rows)
 
 
 def sampling_order(samples: list[PreparedSample], seed: int) -> list[PreparedSample]:
@@ -442,20 +619,26 @@ def sampling_order(samples: list[PreparedSample], seed: int) -> list[PreparedSam
     return sorted(samples, key=lambda s: (content_hash(["sample", seed, s.source_key]), s.source_key))
 
 
-_prepared_cache: dict[str, list[PreparedSample]] = {}
+_prepared_cache: dict[str, tuple[list[PreparedSample], int]] = {}
+
+
+def _load_prepared_counted(name: str, *, split: str | None, recipe: Mapping[str, Any] | None,
+                           data_dir: str | os.PathLike[str] | None,
+                           tokenizers: TokenizerLoader | None) -> tuple[list[PreparedSample], int]:
+    full = build_recipe(name, split, recipe)
+    root = resolve_data_dir(data_dir)
+    key = content_hash([full, str(root) if root else None])
+    if key not in _prepared_cache:
+        rows = load_raw_rows(name, full["split"], root)
+        _prepared_cache[key] = prepare_rows_counted(name, rows, full, tokenizers)
+    return _prepared_cache[key]
 
 
 def load_prepared(name: str, *, split: str | None = None, recipe: Mapping[str, Any] | None = None,
                   data_dir: str | os.PathLike[str] | None = None,
                   tokenizers: TokenizerLoader | None = None) -> list[PreparedSample]:
     """All usable samples of one dataset split under a recipe (cached per process)."""
-    full = build_recipe(name, split, recipe)
-    root = resolve_data_dir(data_dir)
-    key = content_hash([full, str(root) if root else None])
-    if key not in _prepared_cache:
-        rows = load_raw_rows(name, full["split"], root)
-        _prepared_cache[key] = prepare_rows(name, rows, full, tokenizers)
-    return _prepared_cache[key]
+    return _load_prepared_counted(name, split=split, recipe=recipe, data_dir=data_dir, tokenizers=tokenizers)[0]
 
 
 def clear_cache() -> None:
@@ -463,25 +646,60 @@ def clear_cache() -> None:
     _padded_cache.clear()
 
 
+@dataclass
+class SampleDraw:
+    """The samples one dataset gives a run, and what was left out on the way."""
+
+    samples: list[PreparedSample]
+    rows: int  # raw rows read
+    usable: int  # rows left after the dataset's filters (unanswerable, no doc, duplicates, ...)
+    warning: str | None = None  # the cap asked for more than the dataset has
+
+    @property
+    def skipped(self) -> int:
+        return self.rows - self.usable
+
+
+def draw_samples(
+    name: str, *, n: int | None = None, seed: int = 42, split: str | None = None,
+    recipe: Mapping[str, Any] | None = None, data_dir: str | os.PathLike[str] | None = None,
+    limit: int | None = None, tokenizers: TokenizerLoader | None = None, label: str | None = None,
+) -> SampleDraw:
+    """The first ``min(n, limit)`` samples of the seeded order (all usable ones when n is None).
+
+    ``limit`` is a cap: a dataset with fewer usable rows gives what it has, with a warning.
+    A spec's own ``n`` beyond the usable rows (and no cap) is an error naming both numbers.
+    """
+    usable, rows = _load_prepared_counted(name, split=split, recipe=recipe, data_dir=data_dir, tokenizers=tokenizers)
+    label = label or name
+    want = len(usable) if n is None else n
+    warning = None
+    if limit is None and want > len(usable):
+        raise DatasetError(
+            f"Dataset {label} has {len(usable)} usable rows ({rows} read, {rows - len(usable)} skipped by its "
+            f"filters); the spec asks for n={want}.",
+            hint=f"lower the dataset's n in the spec to at most {len(usable)}, or cap it: --limit {label}={len(usable)}",
+        )
+    if limit is not None:
+        want = limit if n is None else min(n, limit)
+        if want > len(usable):
+            warning = (f"dataset {label} has {len(usable)} usable rows ({rows} read), fewer than the {want} asked "
+                       f"for (--limit {limit}): taking all {len(usable)}")
+            want = len(usable)
+    chosen = sampling_order(usable, seed)[:want]
+    if usable and usable[0].recipe.get("pad_to_tokens"):
+        chosen = pad_samples(chosen, usable, tokenizers)
+    return SampleDraw(chosen, rows, len(usable), warning)
+
+
 def load_samples(
     name: str, *, n: int | None = None, seed: int = 42, split: str | None = None,
     recipe: Mapping[str, Any] | None = None, data_dir: str | os.PathLike[str] | None = None,
     limit: int | None = None, tokenizers: TokenizerLoader | None = None,
 ) -> list[PreparedSample]:
-    """The first ``min(n, limit)`` samples of the seeded order (all usable ones when n is None)."""
-    usable = load_prepared(name, split=split, recipe=recipe, data_dir=data_dir, tokenizers=tokenizers)
-    want = len(usable) if n is None else n
-    if limit is not None:
-        want = min(want, limit)
-    if want > len(usable):
-        raise DatasetError(
-            f"Dataset {name} has {len(usable)} usable rows; the spec asks for {want}.",
-            hint="lower the dataset's n in the spec, or pass --limit N",
-        )
-    chosen = sampling_order(usable, seed)[:want]
-    if usable and usable[0].recipe.get("pad_to_tokens"):
-        chosen = pad_samples(chosen, usable, tokenizers)
-    return chosen
+    """The samples of :func:`draw_samples`."""
+    return draw_samples(name, n=n, seed=seed, split=split, recipe=recipe, data_dir=data_dir, limit=limit,
+                        tokenizers=tokenizers).samples
 
 
 # --- token lengths: tokenizers, filtering and padding (ed02) -------------------------------

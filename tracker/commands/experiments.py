@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import click
 
-from tracker.commands.options import db_option
-from tracker.datasets import DATASETS, load_prepared
+from tracker.commands.options import db_option, limit_option
+from tracker.datasets import DATASET_CHOICES, DATASETS, build_recipe, load_prepared
 from tracker.planning import EnqueueReport, enqueue
 from tracker.render import format_option, render_rows
 from tracker.specs import ExperimentSpec, list_specs, load_spec
@@ -33,7 +33,9 @@ def size_formula(spec: ExperimentSpec) -> str:
 
 @click.command("experiments")
 @format_option()
-def experiments_cmd(fmt: str) -> None:
+@click.option("--describe", "describe", default=None, metavar="EXP",
+              help="Describe one spec (a name or a file): what it runs and every dataset choice it makes.")
+def experiments_cmd(fmt: str, describe: str | None) -> None:
     """List the shipped experiment specs with their sizes.
 
     Sizes are samples x conditions x models = scoring jobs (staged specs: one term per
@@ -43,7 +45,11 @@ def experiments_cmd(fmt: str) -> None:
     Example:
         tracker experiments
         tracker experiments --format json
+        tracker experiments --describe exp03
     """
+    if describe is not None:
+        click.echo(describe_spec(load_spec(describe)))
+        return
     rows = []
     for spec in list_specs():
         size = spec.size(samples_per_dataset=_bundled_counts(spec))
@@ -54,6 +60,31 @@ def experiments_cmd(fmt: str) -> None:
         ])
     columns = ["name", "datasets", "conditions", "models", "modes", "size", "score_jobs", "generate_jobs", "title"]
     click.echo(render_rows(columns, rows, fmt))
+
+
+def describe_spec(spec: ExperimentSpec) -> str:
+    """A spec in words: title, description, datasets with every loader choice, conditions, models, stages."""
+    lines = [f"{spec.name}: {spec.title}", "", spec.description.strip(), "",
+             "datasets (samples: the first n of a seeded order of the usable rows, a hash of seed and key, so "
+             "--limit N takes the first N of the very samples a full run takes):"]
+    for d in spec.datasets:
+        info = DATASETS[d.name]
+        recipe = build_recipe(d.name, d.split, d.recipe)
+        shown = {k: v for k, v in recipe.items() if k not in ("loader", "dataset", "split")}
+        lines.append(f"  {d.key} ({d.name}, split {recipe['split']}): n = {d.n or 'every usable row'}, seed {d.seed}"
+                     + (f"; recipe {shown}" if shown else ""))
+        lines += [f"    - {choice}" for choice in DATASET_CHOICES.get(d.name, (info.description,))]
+        if d.name == "hotpot_qa":
+            keep = not recipe.get("skip_yes_no", True)
+            lines.append(f"    - this spec: yes/no questions {'kept' if keep else 'skipped'} (skip_yes_no: {not keep})")
+    lines += ["", "conditions: " + ", ".join(c.name for c in spec.conditions),
+              "models: " + ", ".join(m.name for m in spec.models) + f"; modes: {', '.join(spec.modes)}; "
+              f"device: {spec.device}",
+              "size: " + size_formula(spec)]
+    for st in spec.stages:
+        rule = f" on {st.select.as_dict()}" if st.select else ""
+        lines.append(f"stage {st.number} ({st.name}){rule}: {', '.join(st.conditions)}")
+    return "\n".join(lines)
 
 
 def render_report(report: EnqueueReport) -> str:
@@ -84,7 +115,12 @@ def render_report(report: EnqueueReport) -> str:
                      f"{sum(st.planned_generate_max for st in report.stages):,} generation jobs")
         lines.append("later stages are created by a worker once stage 1 of a dataset is done "
                      "(its select job); re-running enqueue never selects")
-    lines.extend(f"warning: {w}" for w in report.warnings)
+    for d in report.datasets:
+        skipped = f", {d['skipped']} skipped by its filters (unanswerable, no usable doc, duplicates)" \
+            if d["skipped"] else ""
+        lines.append(f"dataset {d['dataset']}: {d['rows']} rows read, {d['usable']} usable{skipped}; "
+                     f"{d['taken']} taken")
+    lines.extend(f"Warning: {w}" for w in report.warnings)
     if not report.dry_run:
         lines.append(f"next: tracker worker --device cpu|--gpu N, then tracker status {report.experiment}")
     return "\n".join(lines)
@@ -94,8 +130,7 @@ def render_report(report: EnqueueReport) -> str:
 @click.argument("experiment")
 @click.option("--model", "models", multiple=True, metavar="NAME",
               help="Score with this model instead of the spec's (repeatable).")
-@click.option("--limit", type=click.IntRange(min=1), default=None, metavar="N",
-              help="At most N samples per dataset (the first N of the spec's seeded order).")
+@limit_option
 @click.option("--dry-run", is_flag=True, help="Count what would be created and reused; write nothing.")
 @click.option("--data-dir", type=click.Path(file_okay=False), default=None, metavar="DIR",
               help="Local copies of the datasets (default: $TRACKER_DATA_DIR, else the hub).")
@@ -104,7 +139,7 @@ def render_report(report: EnqueueReport) -> str:
 @click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default=None,
               help="Model dtype (default: bfloat16 on cuda, float32 on cpu).")
 @db_option
-def enqueue_cmd(experiment: str, models: tuple[str, ...], limit: int | None, dry_run: bool, data_dir: str | None,
+def enqueue_cmd(experiment: str, models: tuple[str, ...], limit: int | dict[str, int] | None, dry_run: bool, data_dir: str | None,
                 device: str | None, dtype: str | None, db: str | None) -> None:
     """Create the jobs of EXPERIMENT (a shipped spec name or a spec file), reusing existing ones.
 
@@ -116,6 +151,7 @@ def enqueue_cmd(experiment: str, models: tuple[str, ...], limit: int | None, dry
     Example:
         tracker enqueue exp02 --dry-run
         tracker enqueue exp03 --limit 10 --model smollm2-135m --device cpu
+        tracker enqueue exp03 --limit squad_v2=50 --limit 100
         tracker enqueue my/spec.yaml --data-dir ~/datasets
     """
     spec = load_spec(experiment)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from tracker.commands.options import db_option
+from tracker.commands.options import db_option, limit_option
 from tracker.db import get_engine
 from tracker.settings import resolve_db_url
 
@@ -13,7 +13,7 @@ from tracker.settings import resolve_db_url
 @click.option("--workers", type=int, default=1, show_default=True, help="Worker subprocesses to start on this machine.")
 @click.option("--device", default=None, help="cpu, cuda (workers spread over the GPUs), cuda:N or auto (default: the spec's).")
 @click.option("--model", "models", multiple=True, help="Score with this model instead of the spec's (repeatable).")
-@click.option("--limit", type=int, default=None, help="Only the first N samples of each dataset (a separate run).")
+@limit_option
 @click.option("--data-dir", type=click.Path(file_okay=False), default=None,
               help="Local copies of hub datasets (parquet/JSON); also $TRACKER_DATA_DIR.")
 @click.option("--batch-size", type=int, default=None, help="Jobs per claim (default: the worker's).")
@@ -22,7 +22,7 @@ from tracker.settings import resolve_db_url
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True,
               help="How to print the analysis.")
 @db_option
-def run_cmd(experiment: str, workers: int, device: str | None, models: tuple[str, ...], limit: int | None,
+def run_cmd(experiment: str, workers: int, device: str | None, models: tuple[str, ...], limit: int | dict[str, int] | None,
             data_dir: str | None, batch_size: int | None, mlflow_uri: str | None, no_mlflow: bool, fmt: str,
             db: str | None) -> None:
     """Enqueue EXPERIMENT, score it with worker subprocesses until done, analyse it, log to MLflow.

@@ -35,8 +35,9 @@ from sqlalchemy.orm import Session
 from tracker.datasets import (
     TOKENIZER_IS_SCORING_MODEL,
     PreparedSample,
+    SampleDraw,
     TokenizerLoader,
-    load_samples,
+    draw_samples,
 )
 from tracker.db import get_engine, session_scope
 from tracker.db.bulk import bulk_insert
@@ -122,7 +123,7 @@ class _Context:
 
 def enqueue(
     spec: ExperimentSpec | str, *, db: str | None = None, engine: Engine | None = None,
-    models: Sequence[str] | None = None, limit: int | None = None, dry_run: bool = False,
+    models: Sequence[str] | None = None, limit: int | Mapping[str, int] | None = None, dry_run: bool = False,
     data_dir: str | None = None, device: str | None = None, dtype: str | None = None,
     tokenizers: TokenizerLoader | None = None,
 ) -> EnqueueReport:
@@ -134,20 +135,21 @@ def enqueue(
     """
     if isinstance(spec, str):
         spec = load_spec(spec)
-    if limit is not None and limit < 1:
-        raise ConfigError(f"--limit must be at least 1, got {limit}")
-    options = EnqueueOptions(tuple(models) if models else None, limit, device, dtype, data_dir)
+    caps = dataset_limits(spec, limit)
+    options = EnqueueOptions(tuple(models) if models else None, _limit_override(limit), device, dtype, data_dir)
     resolved = resolve_models(spec, options)
-    prepared = {
-        d.key: load_samples(d.name, n=d.n, seed=d.seed, split=d.split, recipe=sample_recipe(spec, i, resolved),
-                            data_dir=data_dir, limit=limit, tokenizers=tokenizers)
+    draws: dict[str, SampleDraw] = {
+        d.key: draw_samples(d.name, n=d.n, seed=d.seed, split=d.split, recipe=sample_recipe(spec, i, resolved),
+                            data_dir=data_dir, limit=caps[d.key], tokenizers=tokenizers, label=d.key)
         for i, d in enumerate(spec.datasets)
     }
+    prepared = {key: draw.samples for key, draw in draws.items()}
     engine = engine or get_engine(db)
     for attempt in range(1, TRANSACTION_ATTEMPTS + 1):
         try:
             with session_scope(engine) as session:
                 report = _enqueue_in_session(session, spec, options, resolved, prepared, dry_run)
+                _report_draws(report, draws)
                 if dry_run:
                     session.rollback()
             return report
@@ -155,6 +157,44 @@ def enqueue(
             if attempt == TRANSACTION_ATTEMPTS:
                 raise
     raise AssertionError("unreachable")
+
+
+ALL_DATASETS = "*"
+
+
+def dataset_limits(spec: ExperimentSpec, limit: int | Mapping[str, int] | None) -> dict[str, int | None]:
+    """The cap on each dataset of ``spec`` (by key): ``limit`` is one cap for all, or a mapping of
+    dataset keys (or names) to caps, ``"*"`` for the rest (``--limit squad_v2=50 --limit 10``)."""
+    if limit is None or isinstance(limit, int):
+        caps = {ALL_DATASETS: limit}
+    else:
+        caps = dict(limit)
+    for name, cap in caps.items():
+        if cap is not None and (not isinstance(cap, int) or cap < 1):
+            raise ConfigError(f"--limit must be at least 1, got {cap}" + ("" if name == ALL_DATASETS else f" for {name}"))
+    known = {d.key for d in spec.datasets} | {d.name for d in spec.datasets}
+    unknown = sorted(set(caps) - known - {ALL_DATASETS})
+    if unknown:
+        raise ConfigError(f"--limit names {', '.join(unknown)}, which {spec.name} does not use.",
+                          hint=f"its datasets: {', '.join(d.key for d in spec.datasets)}")
+    return {d.key: caps.get(d.key, caps.get(d.name, caps.get(ALL_DATASETS))) for d in spec.datasets}
+
+
+def _limit_override(limit: int | Mapping[str, int] | None) -> int | dict[str, int] | None:
+    """The limit as the run's identity records it: a plain cap, or a sorted mapping."""
+    if limit is None or isinstance(limit, int):
+        return limit
+    caps = dict(limit)
+    if set(caps) == {ALL_DATASETS}:
+        return caps[ALL_DATASETS]
+    return dict(sorted(caps.items()))
+
+
+def _report_draws(report: EnqueueReport, draws: Mapping[str, SampleDraw]) -> None:
+    """Per dataset: rows read, usable, skipped by its filters, taken; and the cap warnings."""
+    report.datasets = [{"dataset": key, "rows": d.rows, "usable": d.usable, "skipped": d.skipped,
+                        "taken": len(d.samples)} for key, d in draws.items()]
+    report.warnings[:0] = [d.warning for d in draws.values() if d.warning]
 
 
 def sample_recipe(spec: ExperimentSpec, index: int, models: Sequence[ResolvedModel]) -> dict[str, Any]:

@@ -68,6 +68,7 @@ class EnqueueReport:
     cost: CostEstimate = field(default_factory=CostEstimate)
     planned_cost: CostEstimate = field(default_factory=CostEstimate)
     warnings: list[str] = field(default_factory=list)
+    datasets: list[dict] = field(default_factory=list)  # dataset, rows, usable, skipped, taken
 
     def stage(self, number: int) -> StageReport:
         return next(s for s in self.stages if s.stage == number)

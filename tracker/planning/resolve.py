@@ -56,7 +56,7 @@ class ResolvedModel:
 @dataclass(frozen=True)
 class EnqueueOptions:
     models: tuple[str, ...] | None = None
-    limit: int | None = None
+    limit: int | dict[str, int] | None = None  # one cap, or per dataset key ("*": the rest)
     device: str | None = None
     dtype: str | None = None
     data_dir: str | None = None
