@@ -107,10 +107,10 @@ def resolve_tracking_uri(db_url: str, explicit: str | None = None) -> str:
 
 def default_params(db_url: str, *, spec_hash: str | None = None) -> dict:
     """Params every analysis run carries: tracker version, git commit, database (absolute, no password)."""
-    import tracker
+    from tracker.version import __version__
 
     params = {
-        "tracker_version": tracker.__version__,
+        "tracker_version": __version__,
         "git_commit": git_commit() or "unknown",
         "db_url": absolute_db_url(db_url),
     }

@@ -73,13 +73,13 @@ def score_digest(results: pd.DataFrame) -> str:
 
 def provenance(report: ReportData, db_url: str | None = None, *, spec_hash: str | None = None) -> dict:
     """Code, package and input versions of one analysis, JSON-ready."""
-    import tracker
+    from tracker.version import __version__
 
     info = report.info
     return {
         "experiment": report.experiment,
         "run_id": report.run_id,
-        "tracker_version": tracker.__version__,
+        "tracker_version": __version__,
         "git_commit": git_commit(),
         "analysis_version": analysis_version(),
         "packages": package_versions(),

@@ -9,7 +9,7 @@ light (no pandas, torch or analysis code until a function is called)::
 """
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from tracker.version import __version__
 
 API_NAMES = ("results", "token_nlls", "analyze", "compare", "export", "export_frame", "show", "read_provenance")
 

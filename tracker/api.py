@@ -220,7 +220,7 @@ def export_provenance(experiment: str, frame: pd.DataFrame, db_url: str, *, run:
     """Where an export came from: tracker version, git commit, package versions, database, runs and spec hashes."""
     from importlib import metadata
 
-    import tracker
+    from tracker.version import __version__
     from analysis.provenance import absolute_db_url, git_commit, package_versions
 
     packages = package_versions()
@@ -239,7 +239,7 @@ def export_provenance(experiment: str, frame: pd.DataFrame, db_url: str, *, run:
         "rows": int(len(frame)),
         "kind": "tokens" if tokens else "scores",
         "text": bool(text),
-        "tracker_version": tracker.__version__,
+        "tracker_version": __version__,
         "git_commit": git_commit(),
         "python": platform.python_version(),
         "packages": packages,

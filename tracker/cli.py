@@ -5,7 +5,7 @@ import sys
 
 import click
 
-from tracker import __version__
+from tracker.version import __version__
 from tracker.commands import analyze as analyze_commands
 from tracker.commands import db as db_commands
 from tracker.commands import experiments as experiment_commands

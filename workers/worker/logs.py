@@ -15,7 +15,7 @@ def first_line(err: BaseException | str) -> str:
 
 
 def tracker_version() -> str:
-    from tracker import __version__
+    from tracker.version import __version__
 
     return __version__
 
