@@ -67,7 +67,9 @@ def test_a_poison_job_fails_with_the_reason_and_everything_else_is_done_once(db_
         scored = list(s.execute(select(Score.job_id)).scalars())
     assert sorted(scored) == sorted(others)  # every other job done exactly once
     report = queue.queue_status(engine, "qexp")
-    assert report.totals.get("failed") == 1
+    assert report.totals.get("failed") == 1 and report.poisoned == 1
+    assert any("every worker that held them died" in n and "tracker requeue qexp --failed" in n
+               for n in report.notes)
 
 
 def test_jobs_that_only_shared_a_claim_with_the_poison_are_retried_alone_first(sqlite_url):
@@ -78,6 +80,8 @@ def test_jobs_that_only_shared_a_claim_with_the_poison_are_retried_alone_first(s
     assert len(first) == 4 and all(j.attempts == 1 for j in first)  # attempts used up in a group
     with session_scope(engine) as s:
         s.execute(update(Job).values(lease_expires_at=clock.db_now("sqlite", -1)))
+    stuck = queue.queue_status(engine, "qexp")
+    assert stuck.expired_running == 4 and stuck.notes and "no worker is live" in stuck.notes[0]
     retried = [queue.claim_batch(engine, None, fx.model_id, 10, 30) for _ in fx.job_ids]
     assert [len(c) for c in retried] == [1, 1, 1, 1]  # alone, although no attempt was left
     assert {c[0].id for c in retried} == set(fx.job_ids)

@@ -91,7 +91,7 @@ def render_status(report: queue.StatusReport, fmt: str) -> str:
         return json.dumps({
             "experiment": report.experiment, "counts": report.counts, "totals": report.totals,
             "jobs_per_minute": round(report.jobs_per_minute, 3), "eta_seconds": report.eta_seconds,
-            "workers": report.workers, "failed": report.failed,
+            "workers": report.workers, "failed": report.failed, "notes": report.notes,
         }, default=str)
     columns = ["condition", "model", "mode", "blocked", "pending", "running", "done", "failed", "total"]
     parts = [render_records(report.counts, fmt, columns)]
@@ -113,6 +113,8 @@ def render_status(report: queue.StatusReport, fmt: str) -> str:
         for row in report.failed[:FAILED_SHOWN_IN_TABLE]:
             if row.get("traceback"):
                 parts.append(f"\n--- job {row['job_id']} traceback ---\n{row['traceback'].rstrip()}")
+    if report.notes:
+        parts.append("\n" + "\n".join(f"Note: {note}" for note in report.notes))
     return "\n".join(parts)
 
 
