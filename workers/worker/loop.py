@@ -32,6 +32,7 @@ from tracker.errors import (
     ConfigError,
     DatabaseError,
     DatabaseUnavailable,
+    ModelUnusable,
     SelfCheckFailed,
 )
 from tracker.planning.stages import select_for_job
@@ -185,8 +186,17 @@ class QueueWorker:
             return
         log.info("loading model %s (id %d) on %s", model.name, model.id, self.options.device)
         pinned = {"revision": model.revision} if model.source == "hub" and model.revision else {}
-        backend = self.stop.call(lambda: self.backend_loader(model.name, self.options.device, model.dtype or None,
-                                                             **pinned))
+        try:
+            backend = self.stop.call(lambda: self.backend_loader(model.name, self.options.device,
+                                                                 model.dtype or None, **pinned))
+        except ModelUnusable as err:  # the same on every machine: its jobs would wait forever
+            error_type = type(err).__name__
+            message = f"model {model.name} cannot be loaded: {err.args[0]}" + (f" Hint: {err.hint}" if err.hint else "")
+            failed = self._db("fail the model's jobs", lambda: self.queue.fail_model_jobs(
+                self.engine, model.id, error_type, message))
+            log.error("%s; failed its %d pending jobs", message, len(failed))
+            self.finished += len(failed)
+            return
         try:
             check = dict(backend.self_check())
         except SelfCheckFailed as err:
