@@ -281,8 +281,36 @@ def solo_token() -> str:
     return SOLO_PREFIX + uuid.uuid4().hex
 
 
-def _expired(now, model_id):
+def _expired(now, by_model: bool):
+    model_id = bindparam("claim_model_id", type_=BigInteger()) if by_model else None
     return and_(jobs.c.status == S.running, jobs.c.lease_expires_at < now, for_model(jobs, model_id))
+
+
+@functools.lru_cache(maxsize=16)
+def _used_up_statement(dialect: str, by_model: bool) -> Update:
+    """Fail used-up solo jobs whose lease expired (built once, like the claim; ``claim_model_id``).
+    error_type / error_message are left alone, so RETURNING gives their old values."""
+    now = db_now(dialect)
+    used_up = and_(_expired(now, by_model), jobs.c.attempts >= jobs.c.max_attempts,
+                   jobs.c.lease_token.startswith(SOLO_PREFIX))
+    return (FAIL.update(used_up, lease_token=None, lease_expires_at=None, finished_at=now)
+            .returning(jobs.c.id, jobs.c.error_type, jobs.c.error_message, jobs.c.worker_id, jobs.c.started_at))
+
+
+@functools.lru_cache(maxsize=16)
+def _first_expired_statement(dialect: str, by_model: bool) -> Select:
+    """The first expired job in claim order, with its last holder (``claim_model_id``)."""
+    query = (
+        select(jobs.c.id, jobs.c.attempts, jobs.c.max_attempts, jobs.c.lease_token, jobs.c.error_type,
+               jobs.c.error_message, jobs.c.worker_id, jobs.c.started_at, workers.c.host, workers.c.pid)
+        .select_from(jobs.outerjoin(workers, workers.c.id == jobs.c.worker_id))
+        .where(_expired(db_now(dialect), by_model)).order_by(jobs.c.priority.desc(), jobs.c.id).limit(1)
+    )
+    return query.with_for_update(skip_locked=True, of=jobs) if dialect == "postgresql" else query
+
+
+def _model_param(model_id: int | None) -> dict:
+    return {} if model_id is None else {"claim_model_id": model_id}
 
 
 def _reason(row, holder: str | None) -> str:
@@ -295,35 +323,14 @@ def _reason(row, holder: str | None) -> str:
             f"last worker {holder}, last claimed at {when}")
 
 
-def _expired_rows(session: Session, where, limit: int | None = None, lock: bool = False) -> list:
-    query = (
-        select(jobs.c.id, jobs.c.attempts, jobs.c.max_attempts, jobs.c.lease_token, jobs.c.error_type,
-               jobs.c.error_message, jobs.c.worker_id, jobs.c.started_at, workers.c.host, workers.c.pid)
-        .select_from(jobs.outerjoin(workers, workers.c.id == jobs.c.worker_id))
-        .where(where).order_by(jobs.c.priority.desc(), jobs.c.id)
-    )
-    if limit is not None:
-        query = query.limit(limit)
-    if lock and dialect_of(session) == "postgresql":
-        query = query.with_for_update(skip_locked=True, of=jobs)
-    return session.execute(query).all()
-
-
 def fail_used_up(session: Session, model_id: int | None) -> list[int]:
     """Fail the expired jobs that were claimed alone and have no attempt left; returns their ids.
 
     The first statement is the UPDATE, so on SQLite the claim's transaction takes the write
     lock before it reads anything (a read that later writes can fail with SQLITE_BUSY).
     """
-    dialect = dialect_of(session)
-    now = db_now(dialect)
-    used_up = and_(_expired(now, model_id), jobs.c.attempts >= jobs.c.max_attempts,
-                   jobs.c.lease_token.startswith(SOLO_PREFIX))
-    # error_type / error_message are left alone here, so RETURNING gives their old values
-    rows = session.execute(
-        FAIL.update(used_up, lease_token=None, lease_expires_at=None, finished_at=now)
-        .returning(jobs.c.id, jobs.c.error_type, jobs.c.error_message, jobs.c.worker_id, jobs.c.started_at)
-    ).all()
+    statement = _used_up_statement(dialect_of(session), model_id is not None)
+    rows = session.execute(statement, _model_param(model_id)).all()
     holders = {wid: f"{host}/{pid}" for wid, host, pid in session.execute(
         select(workers.c.id, workers.c.host, workers.c.pid)
         .where(workers.c.id.in_({r.worker_id for r in rows if r.worker_id is not None}))
@@ -340,11 +347,10 @@ def claim_expired_alone(session: Session, worker_id: int | None, model_id: int |
                         lease_seconds: float) -> ClaimedJob | None:
     """Claim the first expired job (claim order) alone, recording why it is taken over."""
     dialect = dialect_of(session)
-    now = db_now(dialect)
-    rows = _expired_rows(session, _expired(now, model_id), limit=1, lock=True)
-    if not rows:
+    row = session.execute(_first_expired_statement(dialect, model_id is not None), _model_param(model_id)).first()
+    if row is None:
         return None
-    row = rows[0]
+    now = db_now(dialect)
     claimed = session.execute(
         CLAIM.update(jobs.c.id == row.id, jobs.c.lease_token == row.lease_token, jobs.c.lease_expires_at < now,
                      worker_id=worker_id, lease_token=solo_token(),
