@@ -76,9 +76,10 @@ def quiet_mlflow() -> None:
 
 
 def fake_backend_env() -> dict[str, str | None]:
-    """Test hooks of the ``test-fake`` backend (per-job sleep, a calls log, a condition that fails)."""
+    """Test hooks of the ``test-fake`` backend (per-job sleep, a calls log, a condition that fails,
+    a self-check that fails)."""
     return {key: os.environ.get(f"TRACKER_FAKE_{key.upper()}") or None
-            for key in ("sleep", "calls", "fail_condition")}
+            for key in ("sleep", "calls", "fail_condition", "fail_self_check")}
 
 
 def child_environment(**overrides: str) -> dict[str, str]:

@@ -17,10 +17,10 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _tracker(*args: str, cwd: Path, stdin: str | None = None) -> subprocess.CompletedProcess:
+def _tracker(*args: str, cwd: Path, stdin: str | None = None, **env: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "tracker.cli", *args], cwd=cwd, capture_output=True, text=True,
                           timeout=240, input=stdin, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin",
-                                                         "HF_HUB_OFFLINE": "1", "HOME": str(cwd)})
+                                                         "HF_HUB_OFFLINE": "1", "HOME": str(cwd), **env})
 
 
 def _billion_laughs() -> str:
@@ -93,3 +93,20 @@ def test_a_model_folder_that_lost_its_weights_fails_its_jobs_instead_of_waiting(
                                                             (JobStatus.failed, "DependencyFailed")}
     assert sum(n for _, _, n in rows) == 2 * 9 + 2  # 2 samples x 9 conditions, and 2 surrogate generations
     assert str(folder) in message and "no weight files" in message  # stored absolute, named in the reason
+
+
+def test_a_worker_whose_self_check_fails_says_why_and_leaves_the_jobs_for_another(tmp_path):
+    assert _tracker("enqueue", "demo", "--model", "test-fake", "--limit", "1", cwd=tmp_path).returncode == 0
+    work = _tracker("worker", "--exit-when-empty", cwd=tmp_path, TRACKER_FAKE_FAIL_SELF_CHECK="1")
+    assert work.returncode == 1 and "Traceback" not in work.stderr
+    assert "Error: test-fake self-check failed: bare_vs_single_pass max_abs_diff=0.42" in work.stderr
+    assert "Hint: " in work.stderr
+    engine = get_engine(f"sqlite:///{tmp_path / 'tracker.db'}", create=False)
+    try:
+        with session_scope(engine) as s:
+            statuses = dict(s.execute(select(Job.status, func.count()).group_by(Job.status)).all())
+    finally:
+        dispose_engines()
+    assert statuses == {JobStatus.pending: 9, JobStatus.blocked: 1}  # nothing claimed, nothing failed
+    again = _tracker("worker", "--exit-when-empty", cwd=tmp_path)  # a worker that passes takes them
+    assert again.returncode == 0 and "10 jobs finished" in again.stderr
