@@ -45,12 +45,15 @@ def worker_cmd(gpu: int | None, device: str | None, model: str | None, batch_siz
     """
     import logging
 
-    from workers.devices import available_device
+    from workers.devices import available_device, pin_gpu
     from workers.worker import QueueWorker, WorkerOptions, configure_logging
 
     configure_logging(logging.DEBUG if verbose else logging.INFO)
+    if gpu is not None and device is not None:
+        available_device(gpu, device)  # the "either --gpu or --device" error
+    resolved, physical = pin_gpu(gpu) if gpu is not None else (available_device(None, device), None)
     options = WorkerOptions(
-        device=available_device(gpu, device), model=model, batch_size=batch_size, max_jobs=max_jobs,
+        device=resolved, physical_gpu=physical, model=model, batch_size=batch_size, max_jobs=max_jobs,
         exit_when_empty=exit_when_empty, lease_seconds=lease_seconds, poll_seconds=poll_seconds,
     )
     done = QueueWorker(get_engine(db), options).run()
