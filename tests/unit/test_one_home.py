@@ -153,3 +153,18 @@ def test_a_describe_device_is_the_torch_device_for_every_backend(monkeypatch):
         assert (described["device"], described["device_name"]) == ("cuda:3", "NVIDIA H200"), name
         assert backend.name == name  # a backend's name is its model's name, in every family
     assert get_backend("test-fake", "cpu").name == "test-fake"
+
+
+def test_gpu_pinning_maps_to_the_physical_gpu(monkeypatch):
+    from tracker.errors import DeviceError
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5")  # e.g. SLURM gave this job GPUs 4 and 5
+    assert settings.pin_gpu(1) == "5"
+    import os
+
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "5"  # the worker sees GPU 5 only, as cuda:0
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5")
+    with pytest.raises(DeviceError, match="may use 2 GPU"):
+        settings.pin_gpu(2)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    assert settings.pin_gpu(3) == "3"
