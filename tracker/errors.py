@@ -55,6 +55,10 @@ class UnknownModelError(TrackerError):
     """A model name is neither registered nor a local folder."""
 
 
+class ModelUnusable(UnknownModelError):
+    """A model folder exists but cannot be loaded anywhere (broken config, no weights)."""
+
+
 class UnknownExperimentError(TrackerError):
     """No spec of that name and no such spec file."""
 

@@ -121,9 +121,25 @@ def quiet_mlflow() -> None:
 
 
 def fake_backend_env() -> dict[str, str | None]:
-    """Test hooks of the ``test-fake`` backend (per-job sleep, a calls log, a condition that fails)."""
+    """Test hooks of the ``test-fake`` backend (per-job sleep, a calls log, a condition that fails,
+    a self-check that fails)."""
     return {key: os.environ.get(f"TRACKER_FAKE_{key.upper()}") or None
-            for key in ("sleep", "calls", "fail_condition")}
+            for key in ("sleep", "calls", "fail_condition", "fail_self_check")}
+
+
+def pin_gpu(index: int) -> str:
+    """Make GPU ``index`` (counted among those this process may see) the only one it sees, before
+    torch starts CUDA; returns its physical id (``CUDA_VISIBLE_DEVICES`` entry, e.g. from SLURM)."""
+    visible = [v.strip() for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
+    if visible and index >= len(visible):
+        from tracker.errors import DeviceError
+
+        raise DeviceError(f"--gpu {index}: this process may use {len(visible)} GPU(s) "
+                          f"(CUDA_VISIBLE_DEVICES={','.join(visible)})",
+                          hint=f"pick --gpu between 0 and {len(visible) - 1}")
+    physical = visible[index] if visible else str(index)
+    os.environ["CUDA_VISIBLE_DEVICES"] = physical
+    return physical
 
 
 def child_environment(**overrides: str) -> dict[str, str]:

@@ -9,6 +9,7 @@ import platform
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from tracker import settings
 from tracker.catalogue.dtypes import device_string, dtype_name, gpu_index, is_gpu
 from tracker.errors import DeviceError
 
@@ -31,6 +32,16 @@ def available_device(gpu: int | None = None, device: str | None = None) -> str:
             hint="use --device cpu" if count == 0 else f"pick --gpu between 0 and {count - 1}",
         )
     return name
+
+
+def pin_gpu(gpu: int) -> tuple[str, str]:
+    """``--gpu N``: this process sees GPU N only, as ``cuda:0``; returns (``cuda:0``, physical id)."""
+    physical = settings.pin_gpu(gpu)
+    try:
+        return available_device(0, None), physical
+    except DeviceError as err:
+        raise DeviceError(f"This machine has no GPU {gpu} (with CUDA_VISIBLE_DEVICES={physical} torch sees none).",
+                          hint="use --device cpu, or a GPU index that nvidia-smi lists") from err
 
 
 def torch_device(device: str | torch.device | None) -> torch.device:

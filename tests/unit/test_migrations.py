@@ -106,7 +106,10 @@ def test_db_cli_upgrade_current_downgrade(tmp_path):
     assert up.exit_code == 0 and f"revision {migrate.head_revision()}" in up.output
     cur = runner.invoke(cli, ["--db", url, "db", "current"])
     assert "up to date" in cur.output
-    down = runner.invoke(cli, ["--db", url, "db", "downgrade", "base"])
+    refused = runner.invoke(cli, ["--db", url, "db", "downgrade", "base"])  # no terminal: nothing is dropped
+    assert refused.exit_code == 1 and "drops every tracker table (0 experiments" in refused.output
+    assert "--yes" in refused.output and migrate.current_revision(create_tracker_engine(url)) == migrate.head_revision()
+    down = runner.invoke(cli, ["--db", url, "db", "downgrade", "base", "--yes"])
     assert down.exit_code == 0 and "(none)" in down.output
     cur = runner.invoke(cli, ["--db", url, "db", "current"])
     assert "run `tracker db upgrade`" in cur.output

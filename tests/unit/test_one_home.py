@@ -98,22 +98,32 @@ def test_the_worker_does_not_retry_a_refusal():
     assert len(calls) == 1
 
 
-def test_enqueue_retries_a_lost_race(sqlite_url, monkeypatch):
-    """enqueue redoes its transaction on a TransientDatabaseError (the classifier's verdict)."""
-    from tracker.planning import orchestrate as enqueue_module
+@pytest.mark.parametrize("error, runs", [
+    (psycopg.errors.DeadlockDetected("deadlock detected"), 2),  # a lost race: the transaction runs again
+    (psycopg.errors.UndefinedTable("no such table"), 1),  # a refusal: never
+])
+def test_enqueue_reruns_its_transaction_on_a_lost_race_only(sqlite_url, error, runs):
+    """enqueue runs in ``run_transaction``; the classifier decides what is run again."""
+    from tracker.db import get_engine, run_transaction
 
-    real = enqueue_module._enqueue_in_session
+    engine = get_engine(sqlite_url)
     calls = []
 
-    def racing(*args, **kwargs):
+    def op(session):
         calls.append(1)
+        session.execute(text("INSERT INTO experiments (name, description) VALUES ('raced', '')"))
         if len(calls) == 1:
-            raise translate_db_error(_wrapped(psycopg.errors.DeadlockDetected("deadlock detected")))
-        return real(*args, **kwargs)
+            raise translate_db_error(_wrapped(error))
+        return "ok"
 
-    monkeypatch.setattr(enqueue_module, "_enqueue_in_session", racing)
-    report = enqueue_module.enqueue("demo", db=sqlite_url, models=["test-fake"], limit=2, device="cpu")
-    assert len(calls) == 2 and report.stage(1).score.created == 2 * 9
+    if runs == 2:
+        assert run_transaction(engine, op) == "ok"
+    else:
+        with pytest.raises(DatabaseError):
+            run_transaction(engine, op)
+    assert len(calls) == runs
+    with engine.connect() as conn:  # the failed run left nothing behind
+        assert conn.execute(text("SELECT count(*) FROM experiments WHERE name='raced'")).scalar_one() == runs - 1
 
 
 def test_the_hardest_fraction_count_is_one_rule():
@@ -153,3 +163,18 @@ def test_a_describe_device_is_the_torch_device_for_every_backend(monkeypatch):
         assert (described["device"], described["device_name"]) == ("cuda:3", "NVIDIA H200"), name
         assert backend.name == name  # a backend's name is its model's name, in every family
     assert get_backend("test-fake", "cpu").name == "test-fake"
+
+
+def test_gpu_pinning_maps_to_the_physical_gpu(monkeypatch):
+    from tracker.errors import DeviceError
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5")  # e.g. SLURM gave this job GPUs 4 and 5
+    assert settings.pin_gpu(1) == "5"
+    import os
+
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "5"  # the worker sees GPU 5 only, as cuda:0
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5")
+    with pytest.raises(DeviceError, match="may use 2 GPU"):
+        settings.pin_gpu(2)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    assert settings.pin_gpu(3) == "3"

@@ -98,18 +98,22 @@ def test_claim_only_takes_its_model_and_model_less_jobs(db_url):
     assert ids == {mine.job_ids[0], other.job_ids[0]}
 
 
-def test_live_leases_are_kept_and_expired_ones_reclaimed(db_url):
+def test_live_leases_are_kept_and_expired_ones_reclaimed_one_per_claim(db_url):
     engine = get_engine(db_url)
     fx = make_jobs(engine, n_samples=1)
     w1, w2 = (queue.register_worker(engine, name=n, host="h", pid=1, device="cpu") for n in ("w1", "w2"))
     first = queue.claim_batch(engine, w1, fx.model_id, 10, 30)
     assert queue.claim_batch(engine, w2, fx.model_id, 10, 30) == []
     _expire(engine, fx.job_ids)
-    second = queue.claim_batch(engine, w2, fx.model_id, 10, 30)
-    assert [j.id for j in second] == fx.job_ids
-    assert second[0].lease_token != first[0].lease_token
+    # an expired batch comes back one job per claim (one of them may be what killed its worker)
+    seconds = [queue.claim_batch(engine, w2, fx.model_id, 10, 30) for _ in fx.job_ids]
+    assert [[j.id for j in claim] for claim in seconds] == [[job_id] for job_id in fx.job_ids]
+    assert all(claim[0].lease_token.startswith("solo-") for claim in seconds)
+    assert seconds[0][0].lease_token != first[0].lease_token
     rows = job_rows(engine, fx.job_ids)
-    assert all(r.attempts == 2 and r.worker_id == w2 for r in rows.values())
+    assert all(r.attempts == 2 and r.worker_id == w2 and r.error_type == "LeaseExpired" for r in rows.values())
+    assert all(r.error_message.startswith("the worker holding it stopped heartbeating 1 time: last worker h/1")
+               for r in rows.values())
 
 
 def test_fencing_blocks_the_old_holder_everywhere(db_url):
@@ -118,8 +122,8 @@ def test_fencing_blocks_the_old_holder_everywhere(db_url):
     old = queue.claim_batch(engine, None, fx.model_id, 10, 30)
     results = _results(engine, old)
     _expire(engine, fx.job_ids)
-    new = queue.claim_batch(engine, None, fx.model_id, 10, 30)
-    old_token, new_token = old[0].lease_token, new[0].lease_token
+    new = [queue.claim_batch(engine, None, fx.model_id, 10, 30)[0] for _ in fx.job_ids]  # one per claim
+    old_token, new_tokens = old[0].lease_token, {j.id: j.lease_token for j in new}
 
     assert queue.extend_leases(engine, [old_token], 30) == set()
     outcome = queue.complete_scores(engine, old_token, results)
@@ -127,13 +131,14 @@ def test_fencing_blocks_the_old_holder_everywhere(db_url):
     assert queue.fail_job(engine, fx.job_ids[0], old_token, "E", "boom").status == "lost"
     assert queue.release_batch(engine, old_token) == []
     rows = job_rows(engine, fx.job_ids)
-    assert all(r.status == JobStatus.running and r.lease_token == new_token and r.error_type is None
+    assert all(r.status == JobStatus.running and r.lease_token == new_tokens[r.id] and r.error_type == "LeaseExpired"
                for r in rows.values())
     with session_scope(engine) as s:
         assert s.execute(select(func.count()).select_from(Score)).scalar_one() == 0
 
-    assert queue.extend_leases(engine, [new_token], 30) == set(fx.job_ids)
-    assert queue.complete_scores(engine, new_token, results).completed == fx.job_ids
+    assert queue.extend_leases(engine, list(new_tokens.values()), 30) == set(fx.job_ids)
+    for result in results:
+        assert queue.complete_scores(engine, new_tokens[result.job_id], [result]).completed == [result.job_id]
 
 
 def test_complete_writes_everything_once(db_url):

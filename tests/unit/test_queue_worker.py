@@ -84,9 +84,10 @@ def test_a_reclaimed_batch_is_not_written_by_the_old_holder(sqlite_url):
         def score(self, tasks):
             with session_scope(engine) as s:  # our lease runs out and another worker takes the jobs
                 s.execute(update(Job).values(lease_expires_at=clock.db_now("sqlite", -1)))
-            stolen = queue.claim_batch(engine, thief, fx.model_id, 10, 30)
-            queue.complete_scores(engine, stolen[0].lease_token, FakeBackend().score(
-                [t for t in tasks]), worker_id=thief)
+            for task in tasks:  # an expired batch is taken over one job per claim
+                stolen = queue.claim_batch(engine, thief, fx.model_id, 10, 30)
+                queue.complete_scores(engine, stolen[0].lease_token, FakeBackend().score(
+                    [t for t in tasks if t.job_id == stolen[0].id]), worker_id=thief)
             return super().score(tasks)
 
     worker = _worker(engine, StolenWhileScoring())

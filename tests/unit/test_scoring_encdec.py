@@ -290,6 +290,7 @@ def test_training_mode_is_refused():
 # --- the backend (text in, ScoreResult out) on the registry's tiny models ----------------
 
 import workers.scoring.encdec as encdec_scoring  # noqa: E402
+from workers.scoring import ENCDEC_SCORER_VERSION  # noqa: E402
 from tracker.catalogue import resolve_model  # noqa: E402
 from tracker.conditions import build_prefix_ids, special_ids  # noqa: E402
 from tracker.errors import InputTooLongError, SelfCheckFailed, TrackerError  # noqa: E402
@@ -368,7 +369,7 @@ def test_backend_probe_tasks_carry_attention_and_restore_sdpa(backend):
 
 def test_backend_describe_and_generate(backend):
     info = backend.describe()
-    assert info["scorer_version"] == encdec_scoring.ENCDEC_SCORER_VERSION
+    assert info["scorer_version"] == ENCDEC_SCORER_VERSION
     assert info["dtype"] == "float32" and info["device"] == "cpu" and info["attn_implementation"] == "sdpa"
     assert info["attention_softmax"] == ("merged" if info["model_type"] == "t5gemma2" else "separate")
     with pytest.raises(TrackerError, match="not used to generate"):

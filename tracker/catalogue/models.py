@@ -20,11 +20,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tracker.catalogue.modes import ALL_MODES, DECODER_MODES, ENCDEC_MODES
-from tracker.errors import ConfigError, UnknownModelError
+from tracker.errors import ConfigError, ModelUnusable, UnknownModelError
 
 DECODER, ENCDEC, FAKE = "decoder", "encdec", "fake"
 FAKE_MODEL_NAME = "test-fake"
 DEFAULT_MODEL = "smollm2-135m"
+WEIGHT_FILES = ("*.safetensors", "*.bin", "*.pt", "*.pth")
 
 # The scoring semantics each family's scorer implements. Any change to what is scored
 # (segment layout, BOS choice, separators, masks, re-rotation, NLL definition) must change
@@ -116,10 +117,15 @@ def _local_entry(name: str, path: Path) -> CatalogueEntry:
         if not isinstance(config, dict):
             raise ValueError("not a JSON object")
     except (ValueError, UnicodeDecodeError) as err:
-        raise UnknownModelError(
+        raise ModelUnusable(
             f"{config_file} is not a valid model config ({err})",
             hint="download the model folder again; config.json must be the JSON object transformers wrote",
         ) from err
+    if not any(any(path.glob(pattern)) for pattern in WEIGHT_FILES):
+        raise ModelUnusable(
+            f"{path} has a config.json but no weight files ({', '.join(WEIGHT_FILES)})",
+            hint="download the whole model folder (`huggingface-cli download REPO --local-dir DIR`), not only its config",
+        )
     if config.get("is_encoder_decoder"):
         return _encdec(name, "local", str(path), f"local {config.get('model_type')}")
     return _decoder(name, "local", str(path), f"local {config.get('model_type')}")

@@ -1,8 +1,11 @@
 """``tracker db``: create, inspect and migrate the schema."""
 from __future__ import annotations
 
+import sys
+
 import click
-from sqlalchemy import exc
+from sqlalchemy import exc, text
+from sqlalchemy import inspect as sa_inspect
 
 from tracker.commands.options import db_option
 from tracker.db import (
@@ -13,7 +16,7 @@ from tracker.db import (
     require_existing_sqlite,
     translate_db_error,
 )
-from tracker.errors import SchemaOutOfDate
+from tracker.errors import ConfigError, SchemaOutOfDate
 from tracker.settings import ENV_READER_DB, redact_url, resolve_db_url
 
 
@@ -87,18 +90,41 @@ def current_cmd(db: str | None) -> None:
 
 @db_group.command("downgrade")
 @click.argument("revision")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation (scripts).")
 @db_option
-def downgrade_cmd(revision: str, db: str | None) -> None:
-    """Migrate the database down to REVISION (`base` removes every tracker table).
+def downgrade_cmd(revision: str, yes: bool, db: str | None) -> None:
+    """Migrate the database down to REVISION (`base` removes every tracker table and all scores).
+
+    Asks for confirmation and says what will be dropped; --yes skips the question.
 
     \b
     Example:
-        tracker db downgrade base
+        tracker db downgrade 0001
+        tracker db downgrade base --yes
     """
     url = resolve_db_url(db)
     engine = create_tracker_engine(url)
+    if not yes:
+        what = _what_downgrade_drops(engine, revision)
+        if not sys.stdin.isatty():
+            raise ConfigError(f"Downgrading {redact_url(url)} to {revision} {what}; not confirmed.",
+                              hint="run it in a terminal to confirm, or pass --yes")
+        click.confirm(f"Downgrading {redact_url(url)} to {revision} {what}. Continue?", abort=True)
     migrate.downgrade(engine, revision)
     click.echo(f"{redact_url(url)} is at revision {migrate.current_revision(engine) or '(none)'}")
+
+
+def _what_downgrade_drops(engine, revision: str) -> str:
+    """What a downgrade to ``revision`` removes, in words with row counts."""
+    if revision != "base":
+        return "undoes the migrations after it (the index and view changes they made)"
+    counts = []
+    with engine.connect() as conn:
+        tables = set(sa_inspect(conn).get_table_names())
+        for table in ("experiments", "samples", "jobs", "scores", "token_nlls"):
+            if table in tables:
+                counts.append(f"{conn.execute(text(f'SELECT count(*) FROM {table}')).scalar_one():,} {table}")
+    return "drops every tracker table" + (f" ({', '.join(counts)})" if counts else "")
 
 
 COMMANDS = [db_group]

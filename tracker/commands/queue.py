@@ -45,12 +45,15 @@ def worker_cmd(gpu: int | None, device: str | None, model: str | None, batch_siz
     """
     import logging
 
-    from workers.devices import available_device
+    from workers.devices import available_device, pin_gpu
     from workers.worker import QueueWorker, WorkerOptions, configure_logging
 
     configure_logging(logging.DEBUG if verbose else logging.INFO)
+    if gpu is not None and device is not None:
+        available_device(gpu, device)  # the "either --gpu or --device" error
+    resolved, physical = pin_gpu(gpu) if gpu is not None else (available_device(None, device), None)
     options = WorkerOptions(
-        device=available_device(gpu, device), model=model, batch_size=batch_size, max_jobs=max_jobs,
+        device=resolved, physical_gpu=physical, model=model, batch_size=batch_size, max_jobs=max_jobs,
         exit_when_empty=exit_when_empty, lease_seconds=lease_seconds, poll_seconds=poll_seconds,
     )
     done = QueueWorker(get_engine(db), options).run()
@@ -114,7 +117,7 @@ def render_status(report: queue.StatusReport, fmt: str) -> tuple[str, str | None
             "experiment": report.experiment, "run_id": report.run_id,
             "runs": report.runs, "counts": report.counts, "totals": report.totals,
             "jobs_per_minute": round(report.jobs_per_minute, 3), "eta_seconds": report.eta_seconds,
-            "workers": report.workers, "failed": report.failed,
+            "workers": report.workers, "failed": report.failed, "notes": report.notes,
         }, default=str), runs_note
     columns = ["condition", "model", "mode", "blocked", "pending", "running", "done", "failed", "total"]
     counts = render_records(report.counts, fmt, columns)
@@ -122,7 +125,8 @@ def render_status(report: queue.StatusReport, fmt: str) -> tuple[str, str | None
     if fmt == "csv":
         failed = (f"{len(report.failed)} failed jobs (their errors: --format table or json)"
                   if report.failed else None)
-        return counts, "\n".join(x for x in (runs_note, summary, failed) if x)
+        notes = [f"Note: {note}" for note in report.notes]
+        return counts, "\n".join(x for x in (runs_note, summary, failed, *notes) if x)
     parts = [counts, "\n" + summary]
     if runs_note:
         parts.append(runs_note)
@@ -137,6 +141,8 @@ def render_status(report: queue.StatusReport, fmt: str) -> tuple[str, str | None
         for row in report.failed[:FAILED_SHOWN_IN_TABLE]:
             if row.get("traceback"):
                 parts.append(f"\n--- job {row['job_id']} traceback ---\n{row['traceback'].rstrip()}")
+    if report.notes:
+        parts.append("\n" + "\n".join(f"Note: {note}" for note in report.notes))
     return "\n".join(parts), None
 
 

@@ -9,11 +9,12 @@ from tracker.db.engine import (
     get_engine,
     is_sqlite,
     require_existing_sqlite,
+    run_transaction,
     session_scope,
 )
 from tracker.db.errors import translate_db_error
 
 __all__ = [
-    "create_tracker_engine", "dispose_engines", "ensure_schema", "get_engine", "is_sqlite", "require_existing_sqlite", "session_scope",
+    "create_tracker_engine", "dispose_engines", "ensure_schema", "get_engine", "is_sqlite", "require_existing_sqlite", "run_transaction", "session_scope",
     "translate_db_error",
 ]

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import TypeVar
 
 from sqlalchemy import Engine, create_engine, event, exc
 from sqlalchemy.engine import make_url
@@ -15,11 +16,12 @@ from sqlalchemy.orm import Session
 
 from tracker.db import migrate
 from tracker.db.errors import translate_db_error
-from tracker.errors import DatabaseMissing, SchemaOutOfDate
+from tracker.errors import DatabaseMissing, SchemaOutOfDate, TransientDatabaseError
 from tracker.settings import redact_url, resolve_db_url
 
 SQLITE_BUSY_TIMEOUT_MS = 60_000
 _engines: dict[str, Engine] = {}
+T = TypeVar("T")
 
 
 def is_sqlite(url_or_engine: str | Engine) -> bool:
@@ -141,3 +143,16 @@ def session_scope(engine: Engine) -> Iterator[Session]:
         raise
     finally:
         session.close()
+
+
+def run_transaction(engine: Engine, op: Callable[[Session], T], *, attempts: int = 3) -> T:
+    """``op`` in one transaction, run again (up to ``attempts`` times) when the transaction
+    lost a race (:class:`TransientDatabaseError`: deadlock, serialization failure, SQLite lock)."""
+    for attempt in range(1, attempts + 1):
+        try:
+            with session_scope(engine) as session:
+                return op(session)
+        except TransientDatabaseError:
+            if attempt == attempts:
+                raise
+    raise AssertionError("unreachable")

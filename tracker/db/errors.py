@@ -71,8 +71,12 @@ def translate_db_error(err: exc.DBAPIError | exc.OperationalError, where: str = 
             hint="check that the server is running and the URL (--db / TRACKER_DB) is right",
         )
     if kind == TRANSIENT:
-        return TransientDatabaseError(
-            f"The database {where} could not complete the transaction now: {msg}",
-            hint="another process held the lock; the operation is retried (run it again if it gave up)",
-        )
+        if getattr(getattr(err, "orig", None), "sqlite_errorcode", None) is not None:
+            hint = ("another process holds a write lock on the SQLite file for longer than the busy timeout "
+                    "(an open transaction in a `sqlite3` shell or a database browser?); close it "
+                    "(`fuser FILE` lists who has the file open; SQLite does not record the lock holder), "
+                    "then run the command again")
+        else:
+            hint = "another transaction held the lock; the operation is retried (run it again if it gave up)"
+        return TransientDatabaseError(f"The database {where} could not complete the transaction now: {msg}", hint=hint)
     return DatabaseError(f"The database refused the operation: {msg}")

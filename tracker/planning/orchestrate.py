@@ -39,7 +39,7 @@ from tracker.datasets import (
     TokenizerLoader,
     draw_samples,
 )
-from tracker.db import get_engine, session_scope
+from tracker.db import get_engine, run_transaction
 from tracker.db.bulk import bulk_insert
 from tracker.db.schema import (
     Job,
@@ -51,7 +51,6 @@ from tracker.db.schema import (
 from tracker.errors import (
     ConfigError,
     SpecError,
-    TransientDatabaseError,
 )
 from tracker.identity import (
     select_job_key,
@@ -145,18 +144,16 @@ def enqueue(
     }
     prepared = {key: draw.samples for key, draw in draws.items()}
     engine = engine or get_engine(db)
-    for attempt in range(1, TRANSACTION_ATTEMPTS + 1):
-        try:
-            with session_scope(engine) as session:
-                report = _enqueue_in_session(session, spec, options, resolved, prepared, dry_run)
-                _report_draws(report, draws)
-                if dry_run:
-                    session.rollback()
-            return report
-        except TransientDatabaseError:  # a deadlock with a completing worker: the transaction is void, redo it
-            if attempt == TRANSACTION_ATTEMPTS:
-                raise
-    raise AssertionError("unreachable")
+
+    def whole_enqueue(session: Session) -> EnqueueReport:
+        report = _enqueue_in_session(session, spec, options, resolved, prepared, dry_run)
+        _report_draws(report, draws)
+        if dry_run:
+            session.rollback()
+        return report
+
+    # a deadlock with a completing worker voids the transaction: it is run again
+    return run_transaction(engine, whole_enqueue, attempts=TRANSACTION_ATTEMPTS)
 
 
 ALL_DATASETS = "*"

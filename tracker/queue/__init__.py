@@ -50,6 +50,7 @@ from tracker.queue.dependencies import (
 from tracker.queue.failures import (
     FailOutcome,
     fail_job,
+    fail_model_jobs,
     release_batch,
 )
 from tracker.queue.leases import (
@@ -86,6 +87,7 @@ from tracker.queue.transitions import (
     REQUEUE_STALE,
     RETRY,
     UNBLOCK,
+    UNLOADABLE,
     Transition,
     claimable,
     deps,
@@ -104,6 +106,8 @@ from tracker.queue.worker_rows import (
 )
 
 __all__ = [
+    "fail_model_jobs",
+    "UNLOADABLE",
     "claim_tasks",
     "model_ids_named",
     "model_row",

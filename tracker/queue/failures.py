@@ -16,7 +16,14 @@ from tracker.db.clock import (
     dialect_of,
 )
 from tracker.queue.dependencies import fail_dependants
-from tracker.queue.transitions import FAIL, RELEASE, RETRY, in_transaction, jobs
+from tracker.queue.transitions import (
+    FAIL,
+    RELEASE,
+    RETRY,
+    UNLOADABLE,
+    in_transaction,
+    jobs,
+)
 
 
 # --------------------------------------------------------------------------- fail / release
@@ -73,5 +80,23 @@ def release_batch(bind: Session | Engine, token: str, job_ids: Collection[int] |
             attempts=case((jobs.c.attempts > 0, jobs.c.attempts - 1), else_=0),
         ).returning(jobs.c.id)
         return sorted(session.execute(stmt).scalars().all())
+
+    return in_transaction(bind, op)
+
+
+def fail_model_jobs(bind: Session | Engine, model_id: int, error_type: str, message: str) -> list[int]:
+    """Fail every pending or blocked job of a model that cannot be loaded anywhere (a folder
+    with a broken config or without weights), and their dependants; returns the ids failed."""
+
+    def op(session: Session) -> list[int]:
+        now = db_now(dialect_of(session))
+        ids = sorted(session.execute(
+            UNLOADABLE.update(jobs.c.model_id == model_id, lease_token=None, lease_expires_at=None, finished_at=now,
+                              error_type=error_type[:256], error_message=message, error_traceback=None)
+            .returning(jobs.c.id)).scalars())
+        out = list(ids)
+        for job_id in ids:
+            out += fail_dependants(session, job_id, f"{error_type}: {message}")
+        return sorted(set(out))
 
     return in_transaction(bind, op)

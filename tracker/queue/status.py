@@ -33,6 +33,7 @@ from tracker.db.schema import (
     RunJob,
 )
 from tracker.errors import UnknownExperimentError
+from tracker.queue.claim import LEASE_EXPIRED
 from tracker.queue.requeue import check_experiment, experiment_job_ids
 from tracker.queue.transitions import S, claimable, in_transaction, jobs
 from tracker.queue.worker_rows import list_workers
@@ -53,6 +54,26 @@ class StatusReport:
     measured_seconds: float | None = None  # the part of the window the rate is measured over
     run_id: int | None = None
     runs: list[dict] | None = None  # the experiment's runs (id, created_at, overrides)
+    expired_running: int = 0  # running jobs whose lease ran out: their worker stopped heartbeating
+    poisoned: int = 0  # failed because every worker that held them died (error_type LeaseExpired)
+
+    @property
+    def notes(self) -> list[str]:
+        """What a user should know and do about stuck or poisoned jobs (empty when all is well)."""
+        scope = self.experiment or "EXP"
+        out = []
+        if self.expired_running:
+            out.append(f"{self.expired_running} running job(s) have an expired lease: the worker holding them "
+                       "stopped heartbeating. The next worker takes them over, one job per claim"
+                       + ("; no worker is live: start one (`tracker worker`)." if not self.workers else "."))
+        elif self.totals.get(S.running.value) and not self.workers:
+            out.append("jobs are running but no worker is live: their leases run out soon and the next "
+                       "worker (`tracker worker`) takes them over.")
+        if self.poisoned:
+            out.append(f"{self.poisoned} job(s) failed because every worker that held them died (a poison job: "
+                       "out of memory, a crashing kernel?); their error_message says who and when. "
+                       f"Fix the cause, then `tracker requeue {scope} --failed` retries them.")
+        return out
 
     @property
     def jobs_per_minute(self) -> float:
@@ -141,11 +162,16 @@ def queue_status(
         counts = _pivot_counts(grouped)
         totals = {s.value: sum(r[s.value] for r in counts) for s in S}
         done_recent, measured = _measured_rate(session, scope, window_seconds)
+        now = db_now(dialect_of(session))
+        expired = session.execute(select(func.count()).select_from(jobs).where(
+            jobs.c.status == S.running, jobs.c.lease_expires_at < now, *scope)).scalar_one()
+        poisoned = session.execute(select(func.count()).select_from(jobs).where(
+            jobs.c.status == S.failed, jobs.c.error_type == LEASE_EXPIRED, *scope)).scalar_one()
         return StatusReport(
             experiment=experiment, counts=counts, totals=totals, done_last_window=done_recent,
             window_seconds=window_seconds, workers=list_workers(session, live_only=True),
             failed=failed_jobs(session, experiment, limit=failed_limit, run_id=run_id),
-            measured_seconds=measured, run_id=run_id, runs=runs,
+            measured_seconds=measured, run_id=run_id, runs=runs, expired_running=expired, poisoned=poisoned,
         )
 
     return in_transaction(bind, op)

@@ -63,6 +63,7 @@ DEPENDENCY_FAIL = Transition("dependency_failed", (S.blocked,), S.failed)
 REQUEUE = Transition("requeue", (S.failed,), S.pending)
 REBLOCK = Transition("reblock", (S.pending,), S.blocked)  # requeued job whose dependency is not done
 REQUEUE_STALE = Transition("requeue_stale", (S.running,), S.pending)  # expired lease only
+UNLOADABLE = Transition("model_unloadable", (S.pending, S.blocked), S.failed)  # its model cannot load anywhere
 
 
 # --------------------------------------------------------------------------- helpers

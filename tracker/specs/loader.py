@@ -382,17 +382,48 @@ def parse_spec(data: Any, source: str | None = None) -> ExperimentSpec:
     )
 
 
+MAX_EXPANDED_NODES = 100_000  # a spec is a few hundred nodes; aliases may not multiply it past this
+
+
+def _expanded_size(node: yaml.Node, memo: dict[int, int]) -> int:
+    """How many nodes ``node`` stands for once every alias is expanded (linear time: aliases
+    are shared nodes, so each is counted once per distinct node and multiplied, not walked)."""
+    key = id(node)
+    if key not in memo:
+        memo[key] = 1  # a recursive alias counts once instead of looping
+        if isinstance(node, yaml.SequenceNode):
+            memo[key] = 1 + sum(_expanded_size(child, memo) for child in node.value)
+        elif isinstance(node, yaml.MappingNode):
+            memo[key] = 1 + sum(_expanded_size(k, memo) + _expanded_size(v, memo) for k, v in node.value)
+    return memo[key]
+
+
+def parse_yaml(text: str, where: str) -> Any:
+    """YAML text to data, refusing alias bombs ("billion laughs") before anything is built."""
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        if root is None:
+            return None
+        size = _expanded_size(root, {})
+        if size > MAX_EXPANDED_NODES:
+            raise SpecError(f"{where}: its YAML aliases expand to {size:,} nodes (at most {MAX_EXPANDED_NODES:,})",
+                            hint="write the values out instead of nesting aliases (&name / *name)")
+        return yaml.SafeLoader(text).get_single_data()
+    except yaml.YAMLError as err:
+        raise SpecError(f"{where} is not valid YAML: {err}", hint="check the line and column named above") from err
+
+
 def load_spec_file(path: str | Path) -> ExperimentSpec:
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_bytes().decode("utf-8")
     except OSError as err:
         raise UnknownExperimentError(f"Cannot read spec file {path}: {err}") from err
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        raise SpecError(f"{path} is not valid YAML: {err}") from err
-    return parse_spec(data, source=str(path))
+    except UnicodeDecodeError as err:
+        line = path.read_bytes()[: err.start].count(b"\n") + 1
+        raise SpecError(f"{path} is not UTF-8 text: byte 0x{err.object[err.start]:02x} on line {line}",
+                        hint="save the spec as UTF-8 (e.g. `iconv -f latin1 -t utf-8 FILE`)") from err
+    return parse_spec(parse_yaml(text, str(path)), source=str(path))
 
 
 def spec_names() -> list[str]:
@@ -415,7 +446,7 @@ def load_spec(name_or_path: str | Path) -> ExperimentSpec:
             hint=f"shipped specs: {', '.join(spec_names())} (see `tracker experiments`), or a path to a .yaml file",
         )
     resource = resources.files("tracker.specs").joinpath(f"{text}.yaml")
-    data = yaml.safe_load(resource.read_text(encoding="utf-8"))
+    data = parse_yaml(resource.read_text(encoding="utf-8"), f"tracker/specs/{text}.yaml")
     return parse_spec(data, source=f"tracker/specs/{text}.yaml")
 
 

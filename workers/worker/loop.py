@@ -32,6 +32,7 @@ from tracker.errors import (
     ConfigError,
     DatabaseError,
     DatabaseUnavailable,
+    ModelUnusable,
     SelfCheckFailed,
 )
 from tracker.planning.stages import select_for_job
@@ -120,12 +121,18 @@ class QueueWorker:
                 )
         versions = {"python": sys.version.split()[0], "lease_seconds": self.options.lease_seconds,
                     "tracker": tracker_version()}
+        product = device_product_name(self.options.device)
+        where = self.options.device
+        if self.options.physical_gpu is not None:  # --gpu N: the process sees only that GPU, as cuda:0
+            versions["gpu"] = {"physical_id": self.options.physical_gpu, "name": product}
+            where = f"gpu{self.options.physical_gpu}"
+            product = f"{product} (physical GPU {self.options.physical_gpu})"
         self.worker_id = self._db("register", lambda: self.queue.register_worker(
-            self.engine, name=f"{self.host}:{os.getpid()}:{self.options.device}", host=self.host,
-            pid=os.getpid(), device=self.options.device, device_name=device_product_name(self.options.device),
+            self.engine, name=f"{self.host}:{os.getpid()}:{where}", host=self.host,
+            pid=os.getpid(), device=self.options.device, device_name=product,
             model_name=self.options.model, versions=versions))
-        log.info("worker %d registered (%s, pid %d, device %s, lease %.1fs)", self.worker_id, self.host,
-                 os.getpid(), self.options.device, self.options.lease_seconds)
+        log.info("worker %d registered (%s, pid %d, device %s = %s, lease %.1fs)", self.worker_id, self.host,
+                 os.getpid(), self.options.device, product, self.options.lease_seconds)
 
     def _loop(self) -> None:
         while not self.stop.requested.is_set():
@@ -185,8 +192,17 @@ class QueueWorker:
             return
         log.info("loading model %s (id %d) on %s", model.name, model.id, self.options.device)
         pinned = {"revision": model.revision} if model.source == "hub" and model.revision else {}
-        backend = self.stop.call(lambda: self.backend_loader(model.name, self.options.device, model.dtype or None,
-                                                             **pinned))
+        try:
+            backend = self.stop.call(lambda: self.backend_loader(model.name, self.options.device,
+                                                                 model.dtype or None, **pinned))
+        except ModelUnusable as err:  # the same on every machine: its jobs would wait forever
+            error_type = type(err).__name__
+            message = f"model {model.name} cannot be loaded: {err.args[0]}" + (f" Hint: {err.hint}" if err.hint else "")
+            failed = self._db("fail the model's jobs", lambda: self.queue.fail_model_jobs(
+                self.engine, model.id, error_type, message))
+            log.error("%s; failed its %d pending jobs", message, len(failed))
+            self.finished += len(failed)
+            return
         try:
             check = dict(backend.self_check())
         except SelfCheckFailed as err:

@@ -13,6 +13,7 @@ class WorkerOptions:
     """What ``tracker worker`` was asked to do."""
 
     device: str = "cpu"
+    physical_gpu: str | None = None  # with --gpu N: the GPU's physical id (the process sees it as cuda:0)
     model: str | None = None  # a model name; None: every model with work, one after another
     batch_size: int = 16
     max_jobs: int | None = None
