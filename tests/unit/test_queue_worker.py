@@ -114,9 +114,11 @@ def test_second_signal_gives_the_batch_back(sqlite_url):
     assert workers(engine)[0].status == "stopped"
 
 
-def test_first_signal_finishes_the_group_and_releases_the_rest(sqlite_url):
+def test_first_signal_finishes_the_call_in_hand_and_releases_the_rest(sqlite_url):
+    """One backend call per (model, mode) of a claim: the signal lets the two_phase call finish
+    and gives the full-mode jobs back."""
     engine = get_engine(sqlite_url)
-    fx = make_jobs(engine, n_samples=2, conditions=["bare", "oracle"])
+    fx = make_jobs(engine, n_samples=1, conditions=["bare", "oracle"], modes=["two_phase", "full"])
 
     class Stopped(FakeBackend):
         def score(self, tasks):

@@ -10,7 +10,13 @@ from tracker import queue
 from tracker.commands.options import db_option
 from tracker.db import get_engine
 from tracker.render import format_option, render_records
-from workers.worker.options import WorkerOptions
+from workers.worker.options import (
+    CPU_BATCH_SIZE,
+    CPU_GENERATION_BATCH_SIZE,
+    GPU_BATCH_SIZE,
+    GPU_GENERATION_BATCH_SIZE,
+    WorkerOptions,
+)
 
 FAILED_SHOWN_IN_TABLE = 10
 
@@ -20,8 +26,13 @@ FAILED_SHOWN_IN_TABLE = 10
 @click.option("--device", default=None, metavar="DEVICE", help="cpu or cuda:N (default: cpu).")
 @click.option("--model", "model", default=None, metavar="NAME",
               help="Only jobs of this model (default: every model with work, one after another).")
-@click.option("--batch-size", type=click.IntRange(min=1), default=WorkerOptions.batch_size, show_default=True,
-              help="Most jobs claimed at once; whole (sample, model, mode) groups are kept together.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None,
+              help=f"Most scoring jobs claimed at once (default {CPU_BATCH_SIZE} on the CPU, {GPU_BATCH_SIZE} on a "
+                   "GPU); whole (sample, model, mode) groups are kept together, and the backend batches rows of "
+                   "one shape across samples. 1 = one job per forward pass.")
+@click.option("--generation-batch-size", type=click.IntRange(min=1), default=None,
+              help=f"Most surrogate generations claimed and generated at once (default {CPU_GENERATION_BATCH_SIZE} "
+                   f"on the CPU, {GPU_GENERATION_BATCH_SIZE} on a GPU); independent of --batch-size.")
 @click.option("--max-jobs", type=click.IntRange(min=1), default=None, help="Stop after this many jobs.")
 @click.option("--exit-when-empty", is_flag=True, help="Exit once no job is pending, running or blocked.")
 @click.option("--lease-seconds", type=click.FloatRange(min=0.3), default=WorkerOptions.lease_seconds,
@@ -30,7 +41,8 @@ FAILED_SHOWN_IN_TABLE = 10
               help="Wait between claims while the queue is empty.")
 @click.option("-v", "--verbose", is_flag=True, help="Log every claim.")
 @db_option
-def worker_cmd(gpu: int | None, device: str | None, model: str | None, batch_size: int, max_jobs: int | None,
+def worker_cmd(gpu: int | None, device: str | None, model: str | None, batch_size: int | None,
+               generation_batch_size: int | None, max_jobs: int | None,
                exit_when_empty: bool, lease_seconds: float, poll_seconds: float, verbose: bool, db: str | None) -> None:
     """Claim and score jobs until stopped (Ctrl-C / SIGTERM: finish the group in hand, exit 0).
 
@@ -53,7 +65,8 @@ def worker_cmd(gpu: int | None, device: str | None, model: str | None, batch_siz
         available_device(gpu, device)  # the "either --gpu or --device" error
     resolved, physical = pin_gpu(gpu) if gpu is not None else (available_device(None, device), None)
     options = WorkerOptions(
-        device=resolved, physical_gpu=physical, model=model, batch_size=batch_size, max_jobs=max_jobs,
+        device=resolved, physical_gpu=physical, model=model, batch_size=batch_size,
+        generation_batch_size=generation_batch_size, max_jobs=max_jobs,
         exit_when_empty=exit_when_empty, lease_seconds=lease_seconds, poll_seconds=poll_seconds,
     )
     done = QueueWorker(get_engine(db), options).run()

@@ -99,10 +99,11 @@ class ClaimedJob:
 
     @property
     def batch_key(self) -> tuple:
-        """What one backend call may take together: a group, or every generation of one model
-        (generations are independent of each other and the backend batches them)."""
-        if self.kind == JobKind.generate and self.model_id is not None:
-            return (self.kind, self.model_id)
+        """What one backend call may take together: every scoring job of one model and mode in
+        the claim, across samples (the backend forms passes of equal shapes, so a job's numbers
+        do not depend on its neighbours), and every generation of one model."""
+        if self.kind in (JobKind.score, JobKind.generate) and self.model_id is not None:
+            return (self.kind, self.model_id, self.mode if self.kind == JobKind.score else "")
         return self.group_key
 
 
@@ -149,7 +150,7 @@ def claim_window(n: int) -> int:
     return max(32 * n, 512)
 
 
-def _claim_choice(dialect: str, model_id: Any, n: int):
+def _claim_choice(dialect: str, model_id: Any, n: int, kind: JobKind | None = None):
     """The CTE of job ids one claim takes: whole groups, first in claim order, up to ``n``.
 
     1. ``window``: the first :func:`claim_window` pending jobs by (priority desc, id);
@@ -167,7 +168,8 @@ def _claim_choice(dialect: str, model_id: Any, n: int):
                           func.coalesce(t.c.model_id, -t.c.id), t.c.mode)
     window = (
         select(jobs.c.id, jobs.c.kind, jobs.c.sample_id, jobs.c.model_id, jobs.c.mode, jobs.c.priority)
-        .where(jobs.c.status == S.pending, for_model(jobs, model_id))
+        .where(jobs.c.status == S.pending, for_model(jobs, model_id),
+               *([jobs.c.kind == kind] if kind is not None else []))
         .order_by(jobs.c.priority.desc(), jobs.c.id)
         .limit(claim_window(n))
         .cte("claim_window")
@@ -201,12 +203,12 @@ def _claim_choice(dialect: str, model_id: Any, n: int):
 
 
 @functools.lru_cache(maxsize=64)
-def _claim_statement(dialect: str, by_model: bool, n: int) -> Update:
+def _claim_statement(dialect: str, by_model: bool, n: int, kind: JobKind | None = None) -> Update:
     """The claim UPDATE for a dialect and batch size, built once (building it costs more
     than running it). Parameters: ``claim_model_id`` (when ``by_model``), ``claim_worker_id``,
     ``claim_token``, ``lease``."""
     model_id = bindparam("claim_model_id", type_=BigInteger()) if by_model else None
-    chosen = _claim_choice(dialect, model_id, n)
+    chosen = _claim_choice(dialect, model_id, n, kind)
     now = db_now(dialect)
     return (
         CLAIM.update(
@@ -226,14 +228,16 @@ def claim_batch(
     model_id: int | None,
     n: int,
     lease_seconds: float = DEFAULT_LEASE_SECONDS,
+    *,
+    kind: JobKind | None = None,
 ) -> list[ClaimedJob]:
     """Claim up to ``n`` claimable jobs of ``model_id`` (plus model-less jobs), whole groups first.
 
     Expired leases come first (see the module docstring): used-up ones fail, and the first
     other expired job is claimed alone. Otherwise one statement per dialect marks pending
     jobs running with ``worker_id``, a fresh lease token and ``lease_expires_at = db now +
-    lease_seconds``. ``model_id=None`` claims only jobs that need no model. Returns the jobs
-    in group order (ids ascending within a group).
+    lease_seconds``. ``model_id=None`` claims only jobs that need no model; ``kind`` only jobs
+    of that kind. Returns the jobs in group order (ids ascending within a group).
     """
     if n < 1:
         return []
@@ -249,7 +253,7 @@ def claim_batch(
                   "lease": offset_param(dialect, lease_seconds)}
         if model_id is not None:
             params["claim_model_id"] = model_id
-        rows = session.execute(_claim_statement(dialect, model_id is not None, n), params).all()
+        rows = session.execute(_claim_statement(dialect, model_id is not None, n, kind), params).all()
         return _in_group_order([ClaimedJob(**row._mapping) for row in rows])
 
     return in_transaction(bind, op)

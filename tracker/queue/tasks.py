@@ -131,8 +131,15 @@ def _generate_task(job: ClaimedJob, sample: Sample) -> GenerateTask:
 
 
 def claim_tasks(engine: Engine, worker_id: int, model_id: int | None, n: int,
-                lease_seconds: float) -> tuple[list[ClaimedJob], BuiltTasks]:
-    """Claim a batch and read its tasks in one transaction (a failed read claims nothing)."""
+                lease_seconds: float, generation_n: int | None = None) -> tuple[list[ClaimedJob], BuiltTasks]:
+    """Claim a batch and read its tasks in one transaction (a failed read claims nothing).
+
+    With ``generation_n``, generation jobs are claimed first on a budget of their own (up to
+    ``generation_n`` surrogates in one batched ``generate``); otherwise up to ``n`` jobs.
+    """
     with session_scope(engine) as session:
-        batch = claim_batch(session, worker_id, model_id, n, lease_seconds)
+        batch = claim_batch(session, worker_id, model_id, generation_n, lease_seconds,
+                            kind=JobKind.generate) if generation_n else []
+        if not batch:
+            batch = claim_batch(session, worker_id, model_id, n, lease_seconds)
         return batch, build_tasks(session, batch)

@@ -222,12 +222,14 @@ class QueueWorker:
 
     # ---- claim
     def _claim(self) -> tuple[list[ClaimedJob], Any]:
-        n = self.options.batch_size
+        n, gen_n = self.options.claim_size, self.options.generation_claim_size
         if self.options.max_jobs is not None:
             n = min(n, self.options.max_jobs - self.finished)
+            gen_n = min(gen_n, n)
         model_id = self.model.id if self.model is not None else None
         batch, built = self._db("claim", lambda: self.queue.claim_tasks(
-            self.engine, self.worker_id, model_id, n, self.options.lease_seconds), patient=False, default=([], None))
+            self.engine, self.worker_id, model_id, n, self.options.lease_seconds, generation_n=gen_n),
+            patient=False, default=([], None))
         if batch:
             self.book.hold(batch)
             log.debug("claimed %d jobs (%s)", len(batch), ", ".join(str(j.id) for j in batch))
