@@ -33,7 +33,7 @@ from pathlib import Path  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from queue_fixtures import make_jobs  # noqa: E402
+from helpers.queue_fixtures import make_jobs  # noqa: E402
 from sqlalchemy import create_engine, func, select, text, update  # noqa: E402
 
 from tracker.db import (  # noqa: E402

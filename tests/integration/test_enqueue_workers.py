@@ -13,12 +13,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers.dataset_fixtures import tiny_tokenizer
+from helpers.synth import write_synthetic_data_dir
 from sqlalchemy import func, select
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "fixtures" / "datasets"))
-
-from support import tiny_tokenizer  # noqa: E402
-from synth import write_synthetic_data_dir  # noqa: E402
 
 from tracker.conditions import build_prefix_ids, encode  # noqa: E402
 from tracker.datasets import clear_cache  # noqa: E402

@@ -6,7 +6,14 @@ import signal
 import time
 
 import pytest
-from queue_fixtures import job_rows, make_jobs, read_log, start_worker, stop_all, worker_env
+from helpers.queue_fixtures import (
+    job_rows,
+    make_jobs,
+    read_log,
+    start_worker,
+    stop_all,
+    worker_env,
+)
 from sqlalchemy import select, update
 
 from tracker import queue

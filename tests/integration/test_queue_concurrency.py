@@ -5,7 +5,7 @@ import threading
 import time
 
 import pytest
-from queue_fixtures import add_dependency, job_rows, make_jobs
+from helpers.queue_fixtures import add_dependency, job_rows, make_jobs
 from sqlalchemy.orm import Session
 
 from tracker import queue

@@ -16,7 +16,7 @@ import psycopg
 import pytest
 from click.testing import CliRunner
 from conftest import _drop_database, _pg_url
-from sql_fixtures import fixture_rows
+from helpers.sql_fixtures import fixture_rows
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 

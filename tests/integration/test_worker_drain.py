@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
-from queue_fixtures import (
+from helpers.queue_fixtures import (
     make_jobs,
     running_worker_ids,
     score_summary,

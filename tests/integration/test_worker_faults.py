@@ -10,7 +10,7 @@ import time
 from collections import Counter
 
 import pytest
-from queue_fixtures import (
+from helpers.queue_fixtures import (
     ROOT,
     add_dependency,
     job_rows,

@@ -14,11 +14,8 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
+from helpers.dataset_fixtures import drain
 from sqlalchemy import create_engine, text
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "fixtures" / "datasets"))
-
-from support import drain  # noqa: E402
 
 import tracker  # noqa: E402
 from tracker.cli import cli  # noqa: E402

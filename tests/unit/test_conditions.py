@@ -1,14 +1,8 @@
 """Prefix builders: exact lengths, determinism, no special tokens, the seed's definitions."""
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "fixtures" / "datasets"))
-
-from support import smollm2_tokenizer, tiny_tokenizer  # noqa: E402
+from helpers.dataset_fixtures import smollm2_tokenizer, tiny_tokenizer
 
 from tracker.conditions import (  # noqa: E402
     CATALOGUE,

@@ -3,17 +3,13 @@ errors naming file, line and field, and --limit as a cap (per dataset too) with 
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "fixtures" / "datasets"))
-
-from support import FIXTURES, table_counts  # noqa: E402
+from helpers.dataset_fixtures import FIXTURES, table_counts
 
 from tracker import datasets as ds  # noqa: E402
 from tracker.cli import cli  # noqa: E402

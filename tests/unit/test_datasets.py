@@ -3,15 +3,10 @@ from __future__ import annotations
 
 import json
 import random
-import sys
-from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "fixtures" / "datasets"))
-
-from support import FIXTURES, smollm2_tokenizer  # noqa: E402
-from synth import write_synthetic_data_dir  # noqa: E402
+from helpers.dataset_fixtures import FIXTURES, smollm2_tokenizer
+from helpers.synth import write_synthetic_data_dir
 
 from tracker import datasets as ds  # noqa: E402
 from tracker.errors import DatasetError  # noqa: E402

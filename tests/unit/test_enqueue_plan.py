@@ -5,18 +5,14 @@ loads a model.
 """
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 from click.testing import CliRunner
+from helpers.dataset_fixtures import table_counts, tiny_tokenizer
+from helpers.synth import write_synthetic_data_dir
 from sqlalchemy import func, select
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "fixtures" / "datasets"))
-
-from support import table_counts, tiny_tokenizer  # noqa: E402
-from synth import write_synthetic_data_dir  # noqa: E402
 
 from tracker.cli import cli  # noqa: E402
 from tracker.conditions import build_prefix_ids  # noqa: E402

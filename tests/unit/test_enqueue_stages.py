@@ -6,16 +6,11 @@ dataset (4 selected per dataset).
 from __future__ import annotations
 
 import math
-import sys
-from pathlib import Path
 
 import pytest
+from helpers.dataset_fixtures import drain
+from helpers.synth import write_synthetic_data_dir
 from sqlalchemy import func, select
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "fixtures" / "datasets"))
-
-from support import drain  # noqa: E402
-from synth import write_synthetic_data_dir  # noqa: E402
 
 from tracker import queue  # noqa: E402
 from tracker.datasets import clear_cache  # noqa: E402

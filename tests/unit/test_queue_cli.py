@@ -5,7 +5,7 @@ import json
 import socket
 
 from click.testing import CliRunner
-from queue_fixtures import add_dependency, job_rows, make_jobs, status_counts
+from helpers.queue_fixtures import add_dependency, job_rows, make_jobs, status_counts
 
 from tracker import queue
 from tracker.cli import cli

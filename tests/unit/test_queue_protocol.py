@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-from queue_fixtures import (
+from helpers.queue_fixtures import (
     add_dependency,
     job_rows,
     make_generate_job,

@@ -5,7 +5,7 @@ import signal
 import socket
 
 import pytest
-from queue_fixtures import (
+from helpers.queue_fixtures import (
     QueueWith,
     add_dependency,
     job_rows,

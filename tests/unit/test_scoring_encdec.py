@@ -290,12 +290,12 @@ def test_training_mode_is_refused():
 # --- the backend (text in, ScoreResult out) on the registry's tiny models ----------------
 
 import workers.scoring.encdec as encdec_scoring  # noqa: E402
-from workers.scoring import ENCDEC_SCORER_VERSION  # noqa: E402
 from tracker.catalogue import resolve_model  # noqa: E402
 from tracker.conditions import build_prefix_ids, special_ids  # noqa: E402
 from tracker.errors import InputTooLongError, SelfCheckFailed, TrackerError  # noqa: E402
 from workers.backends.base import GenerateTask, ScoreTask  # noqa: E402
 from workers.backends.encdec import EncDecBackend, encoder_wrapping  # noqa: E402
+from workers.scoring import ENCDEC_SCORER_VERSION  # noqa: E402
 
 SAMPLE = {"id": 7, "dataset": "toy", "source_key": "toy:7", "doc": "The cat sat on the red mat all day.",
           "query": "Where did the cat sit?", "answer": "on the red mat", "meta": {}}

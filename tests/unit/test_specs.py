@@ -2,16 +2,11 @@
 from __future__ import annotations
 
 import copy
-import sys
-from pathlib import Path
 
 import pytest
 import yaml
 from click.testing import CliRunner
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "fixtures" / "datasets"))
-
-from support import FIXTURES, table_counts  # noqa: E402
+from helpers.dataset_fixtures import FIXTURES, table_counts
 
 from tracker.cli import cli  # noqa: E402
 from tracker.errors import SpecError, UnknownExperimentError, UnknownModelError  # noqa: E402

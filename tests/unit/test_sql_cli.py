@@ -5,7 +5,7 @@ import os
 from pathlib import Path
 
 from click.testing import CliRunner
-from sql_fixtures import fixture_rows as _fixture_rows
+from helpers.sql_fixtures import fixture_rows as _fixture_rows
 from sqlalchemy import func, select, text
 
 from tracker.cli import cli

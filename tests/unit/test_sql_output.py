@@ -7,7 +7,7 @@ import sqlite3
 
 import pytest
 from click.testing import CliRunner
-from sql_fixtures import fixture_rows
+from helpers.sql_fixtures import fixture_rows
 from sqlalchemy import select
 
 from tracker.cli import cli

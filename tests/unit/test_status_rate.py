@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 
 from click.testing import CliRunner
-from queue_fixtures import make_jobs
+from helpers.queue_fixtures import make_jobs
 from sqlalchemy import update
 
 from tracker import queue

@@ -7,15 +7,9 @@ per (model, mode, condition) and nothing failed. ed02 (docs padded to 4096 token
 """
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
+from helpers.dataset_fixtures import FIXTURES, drain
 from sqlalchemy import text
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "fixtures" / "datasets"))
-
-from support import FIXTURES, drain  # noqa: E402
 
 from tracker.datasets import clear_cache  # noqa: E402
 from tracker.db import get_engine  # noqa: E402

@@ -5,15 +5,9 @@ looked up in the whole prepared dataset), then compared with the builders' ids.
 """
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
+from helpers.dataset_fixtures import FIXTURES, smollm2_tokenizer, tiny_tokenizer
 from sqlalchemy import select, update
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "fixtures" / "datasets"))
-
-from support import FIXTURES, smollm2_tokenizer, tiny_tokenizer  # noqa: E402
 
 from tracker.conditions import (  # noqa: E402
     CATALOGUE,

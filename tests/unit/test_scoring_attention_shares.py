@@ -10,18 +10,13 @@ from __future__ import annotations
 
 import copy
 import statistics
-import sys
 from collections import defaultdict
-from pathlib import Path
 
 import pytest
 import torch
+from helpers.dataset_fixtures import FIXTURES, drain
 from sqlalchemy import select
 from transformers.modeling_outputs import BaseModelOutput
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "fixtures" / "datasets"))
-
-from support import FIXTURES, drain  # noqa: E402
 
 from tracker.conditions import build_prefix_ids, special_ids  # noqa: E402
 from tracker.datasets import clear_cache  # noqa: E402

@@ -7,17 +7,13 @@ a BPE tokenizer.
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from click.testing import CliRunner
+from helpers.dataset_fixtures import drain, smollm2_tokenizer, tiny_tokenizer
 from sqlalchemy import select
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "fixtures" / "datasets"))
-
-from support import drain, smollm2_tokenizer, tiny_tokenizer  # noqa: E402
 
 from tracker import datasets as ds  # noqa: E402
 from tracker.cli import cli  # noqa: E402

@@ -5,16 +5,10 @@ or tokenizer is loaded, except ed02's, whose hub tokenizer is unreachable here a
 """
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 from click.testing import CliRunner
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "fixtures" / "datasets"))
-
-from support import table_counts  # noqa: E402
-from synth import write_synthetic_data_dir  # noqa: E402
+from helpers.dataset_fixtures import table_counts
+from helpers.synth import write_synthetic_data_dir
 
 from analysis.from_spec import plan_from_spec  # noqa: E402
 from analysis.plan import normalize_plan  # noqa: E402

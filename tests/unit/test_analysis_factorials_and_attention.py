@@ -6,19 +6,15 @@ plain pandas (not the analysis package).
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 from click.testing import CliRunner
+from helpers.dataset_fixtures import FIXTURES, drain
+from helpers.synth import write_synthetic_data_dir
 from sqlalchemy import text
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "fixtures" / "datasets"))
-
-from support import FIXTURES, drain  # noqa: E402
-from synth import write_synthetic_data_dir  # noqa: E402
 
 from analysis.mlflow_log import report_metrics  # noqa: E402
 from analysis.report import analyze_experiment  # noqa: E402

@@ -6,16 +6,10 @@ plm01's stored scores: causal = decoder-only `full` (as its description says), b
 """
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 import torch
+from helpers.dataset_fixtures import FIXTURES, drain
 from sqlalchemy import select
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "fixtures" / "datasets"))
-
-from support import FIXTURES, drain  # noqa: E402
 
 from tracker.datasets import clear_cache  # noqa: E402
 from tracker.db import get_engine, session_scope  # noqa: E402

@@ -14,11 +14,8 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from helpers.dataset_fixtures import FIXTURES
 from sqlalchemy import text
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "fixtures" / "datasets"))
-
-from support import FIXTURES  # noqa: E402
 
 from tracker.cli import cli  # noqa: E402
 from tracker.datasets import clear_cache  # noqa: E402

@@ -1,0 +1,1 @@
+"""Shared test helpers: queue fixtures, SQL fixtures, dataset fixtures and synthetic data dirs."""
