@@ -142,10 +142,24 @@ def test_score_matches_the_token_level_scorer_and_records_ids(tiny_backend):
         assert result.extras["mode"] == task.mode and result.extras["scorer_version"] == SCORER_VERSION
         assert task.job_id in result.extras["batch_jobs"]
         assert len(result.extras["batch_jobs"]) == result.batch_size
-    # token-matched conditions of one sample share one unpadded Phase A batch
+        bucket = result.extras["bucket"]
+        assert bucket["phase_a"] >= result.extras["phase_a_len"] and bucket["phase_b"] >= result.extras["phase_b_len"]
+    # token-matched conditions of one sample share a pass; rows of both samples meet in passes
     matched = {r.job_id: r for r in results if r.prefix_ids is not None and len(r.prefix_ids) == len(r.query_ids)}
-    some = next(iter(matched.values()))
-    assert some.batch_size >= 3 and some.extras["padded"] is False
+    assert next(iter(matched.values())).batch_size >= 3
+
+
+def test_one_call_batches_rows_of_many_samples(tiny_backend):
+    """Bare rows of samples whose docs fall in one length bucket share passes, with the numbers of each alone."""
+    words = ["tall", "old", "grey", "wide", "iron", "late", "huge", "fine", "dark", "new"]
+    samples = [{**SAMPLE, "id": 20 + i, "source_key": f"s{i}", "doc": f"The tower in Paris is {w} and famous.",
+                "query": f"What is the tower {i}?", "answer": f"It is {w}."} for i, w in enumerate(words)]
+    tasks = [ScoreTask(200 + i, "two_phase", sample, CONDITIONS[0]) for i, sample in enumerate(samples)]
+    results = tiny_backend.score(tasks)
+    passes = {tuple(r.extras["batch_jobs"]) for r in results}
+    assert len(passes) < len(tasks) / 2 and max(r.batch_size for r in results) >= 3
+    for task, result in zip(tasks, results):
+        assert result.token_nlls == tiny_backend.score([task])[0].token_nlls  # alone: same numbers
 
 
 def test_problems_name_the_job(tiny_backend):
