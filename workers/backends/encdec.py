@@ -86,6 +86,16 @@ def max_encoder_positions(config) -> int | None:
     return getattr(config, "max_position_embeddings", None)
 
 
+def _set_attention(model, implementation: str) -> None:
+    """`set_attn_implementation`, also on sub-module configs it does not reach (T5's stacks before transformers 5.24
+    keep their own config copies, so the switch alone left them on sdpa)."""
+    model.set_attn_implementation(implementation)
+    for module in model.modules():
+        config = getattr(module, "config", None)
+        if config is not None and getattr(config, "_attn_implementation", implementation) != implementation:
+            config._attn_implementation = implementation
+
+
 @contextlib.contextmanager
 def attention_implementation(model, implementation: str) -> Iterator[None]:
     """Temporarily switch the model's attention kernel (eager for probing: sdpa returns no weights)."""
@@ -93,11 +103,11 @@ def attention_implementation(model, implementation: str) -> Iterator[None]:
     if before == implementation:
         yield
         return
-    model.set_attn_implementation(implementation)
+    _set_attention(model, implementation)
     try:
         yield
     finally:
-        model.set_attn_implementation(before)
+        _set_attention(model, before)
 
 
 @dataclass(frozen=True)
