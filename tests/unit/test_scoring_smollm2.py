@@ -95,12 +95,12 @@ def test_batched_equals_unbatched(smol, sample):
     equal = [enc("Alpha beta gamma delta."), enc("One two three four."), enc("Red green blue pink.")]
     assert len({len(p) for p in equal}) == 1
     mixed = [None, [], sample["prefixes"][0][:2], sample["prefixes"][0] + sample["prefixes"][1]]
-    for prefixes, padded in [(equal, False), (mixed, True)]:
+    for prefixes in [equal, mixed]:
         batched = score_rows(smol.view, "two_phase", smol.bos_id, smol.nl_ids, rows(sample, prefixes))
         single = score_rows(smol.view, "two_phase", smol.bos_id, smol.nl_ids, rows(sample, prefixes), max_batch=1)
-        assert all(b.padded is padded and b.batch_size == len(prefixes) for b in batched)
+        assert max(b.batch_size for b in batched) >= 2 and all(s.batch_size == 1 for s in single)
         for b, s in zip(batched, single):
-            assert max(abs(x - y) for x, y in zip(b.token_nlls, s.token_nlls)) < 1e-4
+            assert b.token_nlls == s.token_nlls  # same pass shape: bit-identical on the CPU
 
 
 def test_causality_probe_is_exact(smol, sample):
