@@ -1,12 +1,18 @@
 """Batched vs one-at-a-time decoder-only scoring, same code, same process.
 
-10 samples x 12 token-matched conditions (every prefix has exactly Q tokens, so all 12
-Phase A rows of a sample batch without padding) are scored through `DecoderBackend.score`,
-first with the worker's batched path, then with batch size 1 (the seed's way). Prints ms
-per condition for both, the ratio, tokens/s and, on a GPU with ``--peak-tflops``, the share
-of the dense bf16 peak reached (2 x parameters x tokens / time).
+``matched``: 10 samples x 12 token-matched conditions are scored through
+`DecoderBackend.score`, first with the worker's batched path, then with batch size 1 (the
+seed's way). Prints ms per condition for both, the ratio, tokens/s and, on a GPU with
+``--peak-tflops``, the share of the dense bf16 peak reached (2 x parameters x tokens / time).
 
-    python benchmarks/scoring.py                       # smollm2-135m on CPU
+``bare``: a bare-only stage (exp03 stage 1) over N samples, scored in ONE backend call (rows of
+all samples grouped by bucketed shape, at most ``--bare-batch`` rows per pass) and one sample per
+call (what a worker did when a claim held one sample per group). Counts forward passes and checks
+the criterion passes <= ceil(N / 8) + (number of shape buckets used); prints rows per pass,
+tokens/s and the ratio, and that every score is the same both ways.
+
+    python benchmarks/scoring.py                       # smollm2-135m on CPU, both workloads
+    python benchmarks/scoring.py --workload bare --samples 60
     python benchmarks/scoring.py --model /models/gemma-3-4b-it --device cuda --peak-tflops 989
 """
 from __future__ import annotations
@@ -20,6 +26,7 @@ sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirna
 
 import argparse  # noqa: E402
 import json  # noqa: E402
+import math  # noqa: E402
 import statistics  # noqa: E402
 import time  # noqa: E402
 from importlib import resources  # noqa: E402
@@ -55,7 +62,7 @@ def default_threads() -> int:
 
 def timed_pass(backend, tasks_by_sample, max_batch: int) -> tuple[float, float, list]:
     """(wall seconds, process CPU seconds, results) of scoring every sample's tasks at `max_batch`."""
-    backend.budget.max_batch = max_batch
+    backend.budget.set_ceiling(max_batch)
     if backend.loaded.device.type == "cuda":
         torch.cuda.synchronize()
     start, cpu_start = time.perf_counter(), time.process_time()
@@ -65,22 +72,72 @@ def timed_pass(backend, tasks_by_sample, max_batch: int) -> tuple[float, float, 
     return time.perf_counter() - start, time.process_time() - cpu_start, results
 
 
+def passes_of(results) -> set[tuple[int, ...]]:
+    """The forward passes behind a call's results: each result names the jobs of its pass."""
+    return {tuple(r.extras["batch_jobs"]) for r in results}
+
+
+def bare_stage(backend, samples: list[dict], batch: int) -> None:
+    """The counted cross-sample criterion on a bare-only stage (see the module docstring)."""
+    from workers.backends import ScoreTask
+
+    bare = {"name": "bare", "kind": "bare", "params": {}}
+    tasks = [ScoreTask(i, "two_phase", s, bare) for i, s in enumerate(samples)]
+    sync = torch.cuda.synchronize if backend.loaded.device.type == "cuda" else (lambda: None)
+    backend.budget.set_ceiling(batch)
+    backend.score(tasks[:2])  # warm-up
+    sync()
+    start = time.perf_counter()
+    together = backend.score(tasks)
+    sync()
+    t_together = time.perf_counter() - start
+    start = time.perf_counter()
+    apart = [backend.score([task])[0] for task in tasks]
+    sync()
+    t_apart = time.perf_counter() - start
+    n = len(tasks)
+    passes, buckets = len(passes_of(together)), len({json.dumps(r.extras["bucket"]) for r in together})
+    bound = math.ceil(n / 8) + buckets
+    tokens = sum(r.extras["bucket"]["phase_a"] + r.extras["bucket"]["phase_b"] for r in together)
+    real = sum(r.extras["phase_a_len"] + r.extras["phase_b_len"] for r in together)
+    same = all(a.token_nlls == b.token_nlls for a, b in zip(together, apart))
+    print(f"bare-only stage: {n} samples, at most {batch} rows per pass, {buckets} shape buckets used")
+    print(f"  one call      : {passes:4d} forward passes ({n / passes:.1f} rows/pass), {t_together:.2f}s, "
+          f"{real / t_together:.0f} real tokens/s ({100 * (tokens - real) / tokens:.1f}% of computed tokens are pads)")
+    print(f"  one per call  : {n:4d} forward passes (1.0 rows/pass), {t_apart:.2f}s, {real / t_apart:.0f} tokens/s")
+    print(f"  criterion     : passes {passes} <= ceil({n}/8) + {buckets} = {bound}: {'PASS' if passes <= bound else 'FAIL'}"
+          f"; speed ratio {t_apart / t_together:.2f}x; every score identical both ways: {same}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default=None)
+    parser.add_argument("--workload", choices=["matched", "bare", "both"], default="both")
     parser.add_argument("--samples", type=int, default=10)
+    parser.add_argument("--bare-samples", type=int, default=60, help="samples of the bare-only stage (tinyqa has 60)")
+    parser.add_argument("--bare-batch", type=int, default=8, help="rows per pass in the bare-only stage")
     parser.add_argument("--batch", type=int, default=16, help="batch size of the batched path")
     parser.add_argument("--rounds", type=int, default=2, help="timed rounds per path (best is reported)")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: auto)")
     parser.add_argument("--peak-tflops", type=float, default=None, help="device dense peak for the share-of-peak line")
     args = parser.parse_args()
 
-    from workers.backends import ScoreTask, get_backend
+    from workers.backends import get_backend
 
     torch.set_num_threads(args.threads or default_threads())
     backend = get_backend(args.model, args.device, args.dtype)
+    if args.workload in ("bare", "both"):
+        with torch.inference_mode():
+            bare_stage(backend, load_samples(args.bare_samples), args.bare_batch)
+    if args.workload in ("matched", "both"):
+        matched(backend, args)
+
+
+def matched(backend, args) -> None:
+    from workers.backends import ScoreTask
+
     samples = load_samples(args.samples)
     tasks_by_sample = [[ScoreTask(s["id"] * 100 + c, "two_phase", s, cond) for c, cond in enumerate(CONDITIONS)]
                        for s in samples]

@@ -17,6 +17,7 @@ from tracker import settings
 from tracker.catalogue import CatalogueEntry
 from tracker.catalogue.revisions import folder_revision, tiny_revision
 from tracker.errors import ConfigError
+from workers.backends.precision import cast_keeping_fp32_modules
 from workers.devices import torch_device, torch_dtype
 
 
@@ -39,7 +40,8 @@ def _auto_class(spec: CatalogueEntry):
     return AutoModelForSeq2SeqLM if spec.is_encdec else AutoModelForCausalLM
 
 
-def _from_hub_or_folder(spec: CatalogueEntry, dtype: torch.dtype, attn: str, revision: str | None = None):
+def _from_hub_or_folder(spec: CatalogueEntry, dtype: torch.dtype, attn: str, revision: str | None = None,
+                        device: torch.device | str = "cpu"):
     """from_pretrained on a hub id (cached copy first, then network unless offline) or a local folder.
 
     ``revision`` pins a hub model's commit, branch or tag (the jobs' model row carries it).
@@ -47,7 +49,9 @@ def _from_hub_or_folder(spec: CatalogueEntry, dtype: torch.dtype, attn: str, rev
     from transformers import AutoTokenizer
 
     auto = _auto_class(spec)
-    kwargs = dict(dtype=dtype, attn_implementation=attn)
+    # straight to the device in the requested dtype: no host copy of the weights, and
+    # from_pretrained keeps the class's fp32 modules (T5's `wo`) in fp32 itself
+    kwargs = dict(dtype=dtype, attn_implementation=attn, device_map=str(device))
     if spec.source == "local":
         return auto.from_pretrained(spec.location, **kwargs), AutoTokenizer.from_pretrained(spec.location)
     pin = {"revision": revision} if revision else {}
@@ -90,7 +94,7 @@ def load_pretrained(
 
         model, tokenizer, revision = load_smollm2(dtype=dtype_, attn_implementation=attn)
     elif spec.source in {"hub", "local"}:
-        model, tokenizer = _from_hub_or_folder(spec, dtype_, attn, revision)
+        model, tokenizer = _from_hub_or_folder(spec, dtype_, attn, revision, dev)
         # a local folder is identified by its content fingerprint (as enqueue records it), even
         # when it is a snapshot inside the hub cache whose config carries a commit hash
         revision = folder_revision(spec.location) if spec.source == "local" else (
@@ -98,5 +102,24 @@ def load_pretrained(
         )
     else:
         raise ConfigError(f"model {spec.name} ({spec.source}) has no weights to load")
-    model = model.to(device=dev, dtype=dtype_).eval()
+    if spec.source in {"tiny", "embedded"}:  # built on the host: cast, keeping the class's fp32 modules
+        model = cast_keeping_fp32_modules(model, dtype_, dev)
+    model = drop_vision_tower(model).eval()
     return LoadedModel(model, tokenizer, str(revision), dtype_, dev, attn)
+
+
+def drop_vision_tower(model: Any) -> Any:
+    """Free a multimodal checkpoint's image encoder: only text is scored and generated.
+
+    Gemma 3's conditional-generation model calls its vision tower only when ``pixel_values``
+    are given, which the scorer never passes; the language model and ``lm_head`` stay.
+    """
+    inner = getattr(model, "model", None)
+    dropped = False
+    for name in ("vision_tower", "multi_modal_projector"):
+        if inner is not None and getattr(inner, name, None) is not None:
+            setattr(inner, name, None)
+            dropped = True
+    if dropped and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return model

@@ -77,6 +77,9 @@ def test_local_folder_is_resolved_by_its_config(tmp_path):
     assert (spec.family, spec.source, backend_class(spec)) == ("decoder", "local", DecoderBackend)
     (tmp_path / "t5").mkdir()
     (tmp_path / "t5" / "config.json").write_text(json.dumps({"model_type": "t5", "is_encoder_decoder": True}))
+    with pytest.raises(UnknownModelError, match="no weight files"):
+        resolve_model(str(tmp_path / "t5"))
+    (tmp_path / "t5" / "model.safetensors").write_bytes(b"")
     assert backend_class(resolve_model(str(tmp_path / "t5"))) is EncDecBackend
     (tmp_path / "empty").mkdir()
     with pytest.raises(UnknownModelError, match="config.json"):
@@ -137,10 +140,24 @@ def test_score_matches_the_token_level_scorer_and_records_ids(tiny_backend):
         assert result.extras["mode"] == task.mode and result.extras["scorer_version"] == SCORER_VERSION
         assert task.job_id in result.extras["batch_jobs"]
         assert len(result.extras["batch_jobs"]) == result.batch_size
-    # token-matched conditions of one sample share one unpadded Phase A batch
+        bucket = result.extras["bucket"]
+        assert bucket["phase_a"] >= result.extras["phase_a_len"] and bucket["phase_b"] >= result.extras["phase_b_len"]
+    # token-matched conditions of one sample share a pass; rows of both samples meet in passes
     matched = {r.job_id: r for r in results if r.prefix_ids is not None and len(r.prefix_ids) == len(r.query_ids)}
-    some = next(iter(matched.values()))
-    assert some.batch_size >= 3 and some.extras["padded"] is False
+    assert next(iter(matched.values())).batch_size >= 3
+
+
+def test_one_call_batches_rows_of_many_samples(tiny_backend):
+    """Bare rows of samples whose docs fall in one length bucket share passes, with the numbers of each alone."""
+    words = ["tall", "old", "grey", "wide", "iron", "late", "huge", "fine", "dark", "new"]
+    samples = [{**SAMPLE, "id": 20 + i, "source_key": f"s{i}", "doc": f"The tower in Paris is {w} and famous.",
+                "query": f"What is the tower {i}?", "answer": f"It is {w}."} for i, w in enumerate(words)]
+    tasks = [ScoreTask(200 + i, "two_phase", sample, CONDITIONS[0]) for i, sample in enumerate(samples)]
+    results = tiny_backend.score(tasks)
+    passes = {tuple(r.extras["batch_jobs"]) for r in results}
+    assert len(passes) < len(tasks) / 2 and max(r.batch_size for r in results) >= 3
+    for task, result in zip(tasks, results):
+        assert result.token_nlls == tiny_backend.score([task])[0].token_nlls  # alone: same numbers
 
 
 def test_problems_name_the_job(tiny_backend):
@@ -191,3 +208,19 @@ def test_describe_and_self_check(name):
     check = backend.self_check()
     assert check["passed"] is True and backend.last_self_check is check
     assert check["causality"]["max_leak"] == 0.0
+
+
+def test_a_multimodal_checkpoint_keeps_no_vision_tower_and_scores_the_same():
+    """Only text is scored: the image encoder is freed, and the scores equal the text-only model's."""
+    from workers.tiny import build_tiny
+
+    backend = get_backend("tiny-random-gemma3-mm", "cpu", None)
+    assert backend.model.model.vision_tower is None and backend.model.model.multi_modal_projector is None
+    full, _ = build_tiny("tiny-random-gemma3-mm")  # the same seeded weights, vision tower kept
+    assert full.model.vision_tower is not None
+    rows = [ScoringRow.of([5, 6], [20, 21, 22, 23], [30, 31], [40, 41])]
+    from workers.scoring.lm_view import view_of
+
+    got = score_rows(backend.view, "two_phase", 1, 14, rows)[0].token_nlls
+    want = score_rows(view_of(full.eval()), "two_phase", 1, 14, rows)[0].token_nlls
+    assert got == want

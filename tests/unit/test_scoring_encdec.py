@@ -459,3 +459,50 @@ def test_batch_composition_is_recorded(backend):
     alone = backend.score(_tasks(("encdec_q",))[:1])[0]
     assert alone.extras["batch_jobs"] == [0] and alone.extras["padded"] is False
     assert alone.extras["mode"] == "encdec_q" and alone.extras["prefix_hidden"] is True
+
+
+def test_out_of_memory_of_any_kind_splits_the_batch(monkeypatch):
+    """The shared back-off: an MPS-style RuntimeError OOM splits the batch, and the numbers do not change."""
+    backend = EncDecBackend(resolve_model("tiny-random-t5"), "cpu", max_batch_rows=8)
+    tasks = _tasks(("encdec_q", "encdec_nq"))
+    expected = backend.score(tasks)
+    real, sizes = backend._forward, []
+
+    def flaky(layouts, probe):
+        sizes.append(len(layouts))
+        if len(layouts) > 2:
+            raise RuntimeError("MPS backend out of memory (MPS allocated: 17.00 GB, other allocations: 1.00 GB)")
+        return real(layouts, probe)
+
+    monkeypatch.setattr(backend, "_forward", flaky)
+    results = backend.score(tasks)
+    assert sizes == [8, 4, 2, 2, 2, 2] and backend.budget.ooms == 2
+    assert backend.budget.size == 4  # grown back after four full batches of 2
+    for got, want in zip(results, expected):
+        assert got.token_nlls == pytest.approx(want.token_nlls, abs=1e-5)
+
+
+@pytest.mark.parametrize(("dtype", "kept"), [("float16", True), ("bfloat16", False), ("float32", False)])
+def test_t5_keeps_its_own_fp32_modules(dtype, kept):
+    """transformers keeps T5's `wo` in fp32 for fp16 (its activations overflow in fp16); the backend does too."""
+    backend = EncDecBackend(resolve_model("tiny-random-t5"), "cpu", dtype)
+    wo = [m for name, m in backend.model.named_modules() if name.endswith(".wo")]
+    assert wo and all(m.weight.dtype == (torch.float32 if kept or dtype == "float32" else getattr(torch, dtype))
+                      for m in wo)
+    assert bool(backend.fp32_modules) is kept
+    others = {p.dtype for name, p in backend.model.named_parameters() if ".wo." not in name}
+    assert others == {getattr(torch, dtype)}
+
+
+def test_cast_keeping_fp32_modules_casts_the_rest_once_from_fp32():
+    from workers.backends.precision import cast_keeping_fp32_modules
+    from workers.tiny import build_tiny
+
+    model, _ = build_tiny("tiny-random-t5")
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    cast_keeping_fp32_modules(model, torch.float16)
+    for name, param in model.named_parameters():
+        if ".wo." in name:
+            assert param.dtype == torch.float32 and torch.equal(param, before[name])  # not rounded through fp16
+        else:
+            assert param.dtype == torch.float16

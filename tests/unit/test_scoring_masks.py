@@ -7,7 +7,7 @@ import torch
 from workers.scoring.decoder import ScoringRow, layout_row, run_phase_a, score_rows
 from workers.scoring.kvcache import layers_of, new_phase_a_cache
 from workers.scoring.lm_view import view_of
-from workers.scoring.masks import mask_argument, phase_a_masks
+from workers.scoring.masks import attention_masks, mask_argument
 from workers.tiny import TINY_SLIDING_WINDOW, build_tiny, get_tiny
 
 BOS, NL, W = 1, 14, TINY_SLIDING_WINDOW
@@ -33,11 +33,11 @@ def expected_mask(length: int, pad: int, sliding: bool, bidirectional: bool) -> 
 
 
 @pytest.mark.parametrize("bidirectional", [True, False], ids=["bidir", "causal"])
-def test_phase_a_masks_match_the_definition_per_layer_type_with_padding(bidirectional):
+def test_attention_masks_match_the_definition_per_layer_type_with_padding(bidirectional):
     model, _ = get_tiny("tiny-random-gemma3")
     view = view_of(model)
     length, pads = 3 * W, torch.tensor([0, 5])
-    masks = phase_a_masks(view, batch=2, length=length, pads=pads, bidirectional=bidirectional,
+    masks = attention_masks(view, batch=2, length=length, pads=pads, bidirectional=bidirectional,
                           cache=new_phase_a_cache())
     assert set(masks) == {"sliding_attention", "full_attention"}
     for layer_type, mask in masks.items():

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from tracker.errors import ConfigError
+from workers.scoring.compat import cache_kwargs
 from workers.scoring.decoder import score_two_phase
 from workers.scoring.kvcache import layers_of, new_phase_a_cache, rerotate_span
 from workers.scoring.lm_view import view_of
@@ -26,7 +27,8 @@ def phase_a_layers(model, ids: list[int], first_position: int):
     view = view_of(model)
     cache = new_phase_a_cache()
     positions = torch.arange(len(ids))[None, :] + first_position
-    view.text_model(input_ids=torch.tensor([ids]), position_ids=positions, cache=cache, use_cache=True)
+    view.text_model(input_ids=torch.tensor([ids]), position_ids=positions, use_cache=True,
+                    **cache_kwargs(view.text_model, cache))
     return layers_of(cache)
 
 

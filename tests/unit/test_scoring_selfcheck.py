@@ -1,6 +1,8 @@
 """The causality probe and the start-up self-check: pass on good models, catch deliberately broken scorers."""
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -42,7 +44,8 @@ def lookahead_logits_fn(view, cache, start_position: int):
         k = torch.arange(past + n)[None, :]
         broken = (k <= q + 1)[None, None]  # [1, 1, q, kv] bool, as sdpa expects
         mask = {t: broken for t in set(view.layer_types)} if view.accepts_mask_mapping else broken
-        hidden = run_phase_b(view, clone_cache(cache), tuple(ids), 1, torch.tensor([start_position]), mask_override=mask)
+        hidden = run_phase_b(view, clone_cache(cache), tuple(ids), 1, torch.tensor([start_position]),
+                             mask_override=mask)
         return view.logits(hidden[0])
 
     return run
@@ -128,3 +131,36 @@ def test_self_check_refuses_dynamic_rope():
     model, _ = build_tiny("tiny-random-llama", rope_parameters={"rope_type": "dynamic", "factor": 2.0, "rope_theta": 1e4})
     with pytest.raises(SelfCheckFailed, match="dynamic"):
         self_check(model, BOS, NL, DOC, QUERY, ANSWER, PREFIX)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("name", ["tiny-random-llama", "tiny-random-gemma3"])
+def test_self_check_refuses_selection_that_ignores_the_padding_offset(name, dtype, monkeypatch):
+    model = get_tiny(name)[0] if dtype == torch.float32 else build_tiny(name)[0].to(dtype)
+    good = self_check(model, BOS, NL, DOC, QUERY, ANSWER, PREFIX)
+    assert good["batches"]["padded_rows"] > 0 and good["batches"]["max_rows_per_pass"] >= 2
+    real = dec.doc_keep_indices  # the bug: select the doc entries as if Phase A had no left padding
+    monkeypatch.setattr(dec, "doc_keep_indices", lambda pads, layouts, width: real(0 * pads, layouts, width))
+    with pytest.raises(SelfCheckFailed, match="padding offset") as info:
+        self_check(model, BOS, NL, DOC, QUERY, ANSWER, PREFIX)
+    assert "single forward pass" not in str(info.value)  # only the batch probe sees it: the old probes run unpadded
+
+
+def test_self_check_reports_margins_for_the_worker_row():
+    result = self_check(get_tiny("tiny-random-gemma3")[0], BOS, NL, DOC, QUERY, ANSWER, PREFIX)
+    margins = result["margins"]
+    assert set(margins) >= {"bare_vs_single_pass", "causality", "positions", "rerotation", "batch_invariance",
+                            "padding"}
+    for margin in margins.values():
+        assert set(margin) == {"measured", "tolerance", "share"}
+        assert margin["share"] is not None and 0.0 <= margin["share"] < 1.0
+    assert result["batches"]["invariance_max_abs_diff"] == 0.0  # CPU: bit-identical
+    assert margins["batch_invariance"]["tolerance"] == 1e-6
+    json.dumps(result, allow_nan=False)  # stored on the worker row as JSON
+
+
+def test_unmeasured_devices_fall_back_to_the_padding_tolerance():
+    from workers.scoring.selfcheck import NLL_TOLERANCE, batch_invariance_tolerance
+
+    assert batch_invariance_tolerance(torch.device("cpu"), torch.bfloat16) == 1e-6
+    assert batch_invariance_tolerance(torch.device("cuda", 0), torch.bfloat16) == NLL_TOLERANCE[torch.bfloat16]

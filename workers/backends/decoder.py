@@ -1,16 +1,20 @@
 """`DecoderBackend`: text-level scoring and surrogate generation for decoder-only models.
 
 `score(tasks)` tokenizes every segment separately (``add_special_tokens=False``), builds the
-prefix with `tracker.conditions.build_prefix_ids`, and scores all tasks of one sample and
-mode together through `workers.scoring.decoder.score_rows` (batched, see there). Errors a
-sample can cause (`EmptyAnswerError`, `InputTooLongError`) are raised with a ``job_id``
-attribute naming the offending task, before any model work starts.
+prefix with `tracker.conditions.build_prefix_ids`, and scores all tasks of one mode together,
+whatever samples they come from, through `workers.scoring.decoder.score_rows`: rows of equal
+bucketed shapes share forward passes, and a row's numbers do not depend on its neighbours
+(see workers.scoring.buckets). Errors a sample can cause (`EmptyAnswerError`,
+`InputTooLongError`) are raised with a ``job_id`` attribute naming the offending task, before
+any model work starts. `generate(tasks)` runs greedy generation at its own batch size
+(`generation_batch_size`, default 128 on a GPU), independent of the scoring batch size.
 """
 from __future__ import annotations
 
 import hashlib
 from collections import OrderedDict
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import transformers
@@ -24,18 +28,23 @@ from workers.backends.base import (
     ScoreTask,
     ScoringBackend,
 )
+from workers.backends.memory import AdaptiveBatchSize
 from workers.devices import device_product_name
 from workers.registry import LoadedModel, load_pretrained
 from workers.scoring import SCORER_VERSION
+from workers.scoring.buckets import DEFAULT_BUCKETS, ShapeBuckets
 from workers.scoring.decoder import (
-    BatchBudget,
     ScoringRow,
     check_fits,
+    default_max_batch,
     layout_row,
     score_rows,
 )
+from workers.scoring.generation import default_generation_batch, generate_greedy
 from workers.scoring.lm_view import view_of
 from workers.scoring.selfcheck import self_check as run_self_check
+
+DEFAULT_GPU_MAX_TOKENS = 65536  # Phase A tokens per pass on a GPU (bounds activations and the cache)
 
 SELF_CHECK_DOC = (
     "The Eiffel Tower is a wrought-iron lattice tower on the Champ de Mars in Paris. It was completed in 1889 "
@@ -77,9 +86,12 @@ class DecoderBackend(ScoringBackend):
         dtype: str | None = None,
         *,
         attn_implementation: str | None = None,
-        max_batch: int = 16,
+        max_batch: int | None = None,
         loaded: LoadedModel | None = None,
         revision: str | None = None,
+        generation_batch_size: int | None = None,
+        buckets: ShapeBuckets = DEFAULT_BUCKETS,
+        max_tokens: int | None = None,
     ) -> None:
         self.spec = spec
         self.name = spec.name
@@ -91,7 +103,11 @@ class DecoderBackend(ScoringBackend):
         self.nl_ids = self._encode("\n")
         if not self.nl_ids:
             raise ConfigError(f"model {spec.name}: the tokenizer encodes '\\n' to nothing")
-        self.budget = BatchBudget(max_batch)
+        device = self.view.device
+        self.buckets = buckets
+        self.budget = AdaptiveBatchSize(max_batch or default_max_batch(device))
+        self.generation_budget = AdaptiveBatchSize(generation_batch_size or default_generation_batch(device))
+        self.max_tokens = max_tokens or (DEFAULT_GPU_MAX_TOKENS if device.type == "cuda" else None)
         self.last_self_check: dict | None = None
 
     # -- tokenization -------------------------------------------------------------------------------
@@ -127,82 +143,64 @@ class DecoderBackend(ScoringBackend):
 
     # -- ScoringBackend -----------------------------------------------------------------------------
     def score(self, tasks: list[ScoreTask]) -> list[ScoreResult]:
+        """One result per task, same order; tasks of any samples, grouped by mode and then by pass shape."""
         rows = self._rows(tasks)
         results: list[ScoreResult | None] = [None] * len(tasks)
         by_mode: OrderedDict[str, list[int]] = OrderedDict()
         for idx, task in enumerate(tasks):
             by_mode.setdefault(task.mode, []).append(idx)
         for mode, idxs in by_mode.items():
-            scores = score_rows(self.view, mode, self.bos_id, self.nl_ids, [rows[i] for i in idxs], budget=self.budget)
+            scores = score_rows(self.view, mode, self.bos_id, self.nl_ids, [rows[i] for i in idxs],
+                                budget=self.budget, buckets=self.buckets, max_tokens=self.max_tokens)
             chunk_jobs: dict[int, list[int]] = {}
             for i, score in zip(idxs, scores):
                 chunk_jobs.setdefault(score.chunk, []).append(tasks[i].job_id)
             for i, score in zip(idxs, scores):
-                row = rows[i]
-                results[i] = ScoreResult(
-                    job_id=tasks[i].job_id, nll_mean=score.nll_mean, token_nlls=score.token_nlls,
-                    answer_ids=list(row.answer_ids),
-                    prefix_ids=None if row.prefix_ids is None else list(row.prefix_ids),
-                    doc_ids=list(row.doc_ids), query_ids=list(row.query_ids), bos_id=self.bos_id,
-                    batch_size=score.batch_size,
-                    extras={
-                        "mode": mode, "nl_ids": list(self.nl_ids), "scorer_version": SCORER_VERSION,
-                        "phase_a_len": len(score.phase_a_ids), "phase_b_len": len(score.phase_b_ids),
-                        "padded": score.padded, "batch_jobs": chunk_jobs[score.chunk],
-                    },
-                )
+                results[i] = self._result(tasks[i], rows[i], mode, score, chunk_jobs[score.chunk])
         return results  # type: ignore[return-value]
 
-    @torch.inference_mode()
+    def _result(self, task: ScoreTask, row: ScoringRow, mode: str, score, batch_jobs: list[int]) -> ScoreResult:
+        extras: dict[str, Any] = {
+            "mode": mode, "nl_ids": list(self.nl_ids), "scorer_version": SCORER_VERSION,
+            "phase_a_len": len(score.phase_a_ids), "phase_b_len": len(score.phase_b_ids),
+            "padded": score.padded, "bucket": score.shape.as_dict(), "batch_jobs": batch_jobs,
+        }
+        return ScoreResult(
+            job_id=task.job_id, nll_mean=score.nll_mean, token_nlls=score.token_nlls,
+            answer_ids=list(row.answer_ids), prefix_ids=None if row.prefix_ids is None else list(row.prefix_ids),
+            doc_ids=list(row.doc_ids), query_ids=list(row.query_ids), bos_id=self.bos_id,
+            batch_size=score.batch_size, extras=extras,
+        )
+
     def generate(self, tasks: list[GenerateTask]) -> list[GenerateResult]:
-        """Greedy generation with the model's chat template, batched (left-padded) by max_new_tokens."""
+        """Greedy generation with the model's chat template, at the generation batch size (see module docstring)."""
         template = self.tokenizer.chat_template
         if not template:
             raise ConfigError(f"model {self.name} has no chat template, so it cannot generate surrogates")
         template_hash = hashlib.sha256(template.encode()).hexdigest()[:16]
+        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.bos_id
         results: list[GenerateResult | None] = [None] * len(tasks)
         by_length: OrderedDict[int, list[int]] = OrderedDict()
         for idx, task in enumerate(tasks):
             by_length.setdefault(task.max_new_tokens, []).append(idx)
         for max_new, idxs in by_length.items():
-            for start in range(0, len(idxs), self.budget.max_batch):
-                batch = idxs[start : start + self.budget.max_batch]
-                texts = self._generate_batch([tasks[i].prompt for i in batch], max_new)
-                for i, (text, n_prompt, n_new) in zip(batch, texts):
-                    results[i] = GenerateResult(tasks[i].job_id, text, {
-                        "max_new_tokens": max_new, "do_sample": False, "template": "model chat template",
-                        "chat_template_sha256": template_hash, "prompt_tokens": n_prompt,
-                        "generated_tokens": n_new, "batch_size": len(batch), "model": self.name,
-                    })
+            prompts = [self._prompt_ids(tasks[i].prompt) for i in idxs]
+            generated = generate_greedy(self.model, prompts, max_new, pad_id=pad_id,
+                                        eos_id=self.tokenizer.eos_token_id, budget=self.generation_budget)
+            for i, out in zip(idxs, generated):
+                text = self.tokenizer.decode(out.new_ids, skip_special_tokens=True).strip()
+                results[i] = GenerateResult(tasks[i].job_id, text, {
+                    "max_new_tokens": max_new, "do_sample": False, "template": "model chat template",
+                    "chat_template_sha256": template_hash, "prompt_tokens": out.prompt_len,
+                    "generated_tokens": len(out.new_ids), "batch_size": out.batch_size, "prompt_width": out.width,
+                    "model": self.name,
+                })
         return results  # type: ignore[return-value]
 
-    def _generate_batch(self, prompts: list[str], max_new_tokens: int) -> list[tuple[str, int, int]]:
-        rendered = [
-            self.tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True,
-                                               tokenize=False)
-            for p in prompts
-        ]
-        encoded = [self._encode(text) for text in rendered]  # templates already contain their BOS
-        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.bos_id
-        width = max(len(e) for e in encoded)
-        ids = torch.tensor([[pad_id] * (width - len(e)) + e for e in encoded], device=self.loaded.device)
-        mask = torch.tensor([[0] * (width - len(e)) + [1] * len(e) for e in encoded], device=self.loaded.device)
-        out = self.model.generate(
-            input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
-            temperature=None, top_p=None, top_k=None, pad_token_id=pad_id,
-        )
-        new = out[:, width:]
-        eos = self.tokenizer.eos_token_id
-        results = []
-        for b, prompt_ids in enumerate(encoded):
-            tokens = new[b].tolist()
-            if eos is not None and eos in tokens:
-                tokens = tokens[: tokens.index(eos)]
-            while tokens and tokens[-1] == pad_id:
-                tokens.pop()
-            text = self.tokenizer.decode(tokens, skip_special_tokens=True).strip()
-            results.append((text, len(prompt_ids), len(tokens)))
-        return results
+    def _prompt_ids(self, prompt: str) -> list[int]:
+        rendered = self.tokenizer.apply_chat_template([{"role": "user", "content": prompt}],
+                                                      add_generation_prompt=True, tokenize=False)
+        return self._encode(rendered)  # templates already contain their BOS
 
     def describe(self) -> dict:
         device = self.loaded.device
@@ -221,6 +219,7 @@ class DecoderBackend(ScoringBackend):
         result = run_self_check(
             self.view, self.bos_id, self.nl_ids, self._encode(SELF_CHECK_DOC), self._encode(SELF_CHECK_QUERY),
             self._encode(SELF_CHECK_ANSWER), self._encode(SELF_CHECK_PREFIX),
+            buckets=self.buckets, max_batch=self.budget.ceiling,
         )
         result["model"] = self.name
         self.last_self_check = result

@@ -2,8 +2,10 @@
 
 Scoring semantics live in :mod:`workers.scoring.encdec` (layout, masks, NLL) and
 :mod:`workers.scoring.probing` (attention shares); this module tokenizes, builds prefixes,
-groups all conditions of one sample into one forward pass, adapts the batch size to memory,
-and runs the start-up self-check.
+groups all conditions of one sample into one forward pass, adapts the batch size to memory
+(workers.backends.memory: split on any OOM type, grow back after successes), keeps the
+modules the model class keeps in fp32 (T5's ``wo``) in fp32 whatever the dtype, and runs the
+start-up self-check.
 
 Encoder wrapping: the special tokens the model's own tokenizer puts around ONE sequence
 (found by comparing ``tokenizer(text)`` with ``tokenizer(text, add_special_tokens=False)``)
@@ -26,7 +28,7 @@ import transformers
 
 from tracker.catalogue import CatalogueEntry, check_mode_allowed
 from tracker.conditions import build_prefix_ids, special_ids
-from tracker.errors import DeviceError, InputTooLongError, SelfCheckFailed, TrackerError
+from tracker.errors import InputTooLongError, SelfCheckFailed, TrackerError
 from workers.backends.base import (
     GenerateResult,
     GenerateTask,
@@ -34,6 +36,8 @@ from workers.backends.base import (
     ScoreTask,
     ScoringBackend,
 )
+from workers.backends.memory import AdaptiveBatchSize, run_in_batches
+from workers.backends.precision import restore_fp32_modules
 from workers.devices import device_product_name
 from workers.registry import LoadedModel, load_pretrained
 from workers.scoring import ENCDEC_SCORER_VERSION
@@ -90,6 +94,16 @@ def max_encoder_positions(config) -> int | None:
     return getattr(config, "max_position_embeddings", None)
 
 
+def _set_attention(model, implementation: str) -> None:
+    """`set_attn_implementation`, also on sub-module configs it does not reach (T5's stacks before transformers 5.24
+    keep their own config copies, so the switch alone left them on sdpa)."""
+    model.set_attn_implementation(implementation)
+    for module in model.modules():
+        config = getattr(module, "config", None)
+        if config is not None and getattr(config, "_attn_implementation", implementation) != implementation:
+            config._attn_implementation = implementation
+
+
 @contextlib.contextmanager
 def attention_implementation(model, implementation: str) -> Iterator[None]:
     """Temporarily switch the model's attention kernel (eager for probing: sdpa returns no weights)."""
@@ -97,11 +111,11 @@ def attention_implementation(model, implementation: str) -> Iterator[None]:
     if before == implementation:
         yield
         return
-    model.set_attn_implementation(implementation)
+    _set_attention(model, implementation)
     try:
         yield
     finally:
-        model.set_attn_implementation(before)
+        _set_attention(model, before)
 
 
 @dataclass(frozen=True)
@@ -127,6 +141,7 @@ class EncDecBackend(ScoringBackend):
         self.loaded = loaded if loaded is not None else load_pretrained(
             spec, device, dtype, attn_implementation="sdpa", revision=revision)
         self.model = self.loaded.model.eval()
+        self.fp32_modules = restore_fp32_modules(self.model, self.loaded.dtype)
         self.tokenizer = self.loaded.tokenizer
         config = self.model.config
         if not getattr(config, "is_encoder_decoder", False):
@@ -139,7 +154,7 @@ class EncDecBackend(ScoringBackend):
         self.lead, self.trail = encoder_wrapping(self.tokenizer)
         self.max_positions = max_encoder_positions(config)
         self.merged_attention = has_merged_attention(config)
-        self.max_batch_rows = max_batch_rows
+        self.budget = AdaptiveBatchSize(max_batch_rows)
         decoder_vocab = config.get_text_config(decoder=True).vocab_size
         self.random_vocab_size = min(len(self.tokenizer), decoder_vocab)
 
@@ -218,24 +233,12 @@ class EncDecBackend(ScoringBackend):
             )
 
     def _score_adaptively(self, items: Sequence[_Prepared], indices: Sequence[int], probe: bool):
-        """Yield (task indices, row scores) over `indices`, halving the batch size on out-of-memory."""
-        start = 0
-        while start < len(indices):
-            batch = list(indices[start : start + self.max_batch_rows])
-            try:
-                scores = self._forward([items[i].layout for i in batch], probe)
-            except torch.OutOfMemoryError as error:
-                if self.max_batch_rows == 1:
-                    raise DeviceError(
-                        f"out of device memory scoring one row of {self.spec.name}",
-                        hint="use a GPU with more memory, a smaller model or --dtype bf16",
-                    ) from error
-                self.max_batch_rows = max(1, self.max_batch_rows // 2)
-                if torch.cuda.is_available():
-                    torch.cuda.empty_cache()
-                continue
-            yield batch, scores
-            start += len(batch)
+        """Yield (task indices, row scores) over `indices`; a batch that runs out of memory is split."""
+        def run(batch: list[int]) -> list[RowScore]:
+            return self._forward([items[i].layout for i in batch], probe)
+
+        describe = lambda i: f"one row of {self.spec.name} ({len(items[i].layout.encoder_ids)} encoder tokens)"  # noqa: E731
+        yield from run_in_batches(list(indices), run, self.budget, self.loaded.device, describe=describe)
 
     def _forward(self, layouts: list[EncDecLayout], probe: bool) -> list[RowScore]:
         if not probe:

@@ -19,12 +19,14 @@ computed in fp32. The cache length is checked before and after Phase B: transfor
 ignores unknown keyword arguments, so a misspelt cache argument would otherwise score
 without the doc.
 
-Batching: rows of one call that share doc, query and answer (all conditions of one
-sample) run together. Rows whose Phase A lengths are equal are batched without padding;
-the remaining rows of distinct lengths are left-padded together, with explicit position
-ids and a padding mask, so every row sees exactly what it would see alone. Phase B needs
-no padding in `two_phase` (every row's cache has ``1 + D`` entries). A batch that runs
-out of device memory is split in halves and retried.
+Batching (batch invariance by construction, see workers.scoring.buckets): every row runs in
+a pass whose shapes are a function of the row alone. Its Phase A is left-padded to the
+`ShapeBuckets` width of its own length (explicit position ids and an explicit mask, pads
+hidden), its re-rotated cache is left-padded to the width of ``1 + D`` (two_phase), and its
+Phase B is right-padded to the width of its own Phase B length; rows of any samples with
+the same three widths share passes. A row scored alone runs in exactly that shape, so its
+per-token NLLs are the same whichever rows share its pass (bit-identical on the CPU; on CUDA
+the device benchmark measures it). Out-of-memory passes are split (workers.backends.memory).
 """
 from __future__ import annotations
 
@@ -36,12 +38,10 @@ import torch
 from transformers import PreTrainedModel
 
 from tracker.catalogue.modes import DECODER_MODES, PREFIX_LM_BIDIR, TWO_PHASE
-from tracker.errors import (
-    DeviceError,
-    EmptyAnswerError,
-    InputTooLongError,
-    TrackerError,
-)
+from tracker.errors import EmptyAnswerError, InputTooLongError, TrackerError
+from workers.backends.memory import AdaptiveBatchSize, run_in_batches
+from workers.scoring.buckets import DEFAULT_BUCKETS, ShapeBuckets
+from workers.scoring.compat import cache_kwargs
 from workers.scoring.kvcache import (
     cache_from_layers,
     layers_of,
@@ -50,10 +50,11 @@ from workers.scoring.kvcache import (
     select_entries,
 )
 from workers.scoring.lm_view import LanguageModelView, view_of
-from workers.scoring.masks import mask_argument, phase_a_masks
+from workers.scoring.masks import attention_masks, mask_argument
 from workers.scoring.rotary import check_rope_supported
 
 DEFAULT_MAX_BATCH = 16
+DEFAULT_GPU_MAX_BATCH = 64
 
 
 @dataclass(frozen=True)
@@ -83,9 +84,10 @@ class RowScore:
     nll_mean: float
     phase_a_ids: list[int]
     phase_b_ids: list[int]
-    batch_size: int
-    padded: bool
-    chunk: int
+    batch_size: int  # rows in the pass this row ran in
+    padded: bool  # whether the row itself was padded to its bucket widths
+    chunk: int  # index of that pass within the call
+    shape: PassShape | None = None  # the pass's padded widths
     extras: dict = field(default_factory=dict)
 
 
@@ -148,30 +150,37 @@ def check_fits(view: LanguageModelView, mode: str, layout: RowLayout) -> None:
         )
 
 
-def plan_chunks(lengths: Sequence[int], max_batch: int) -> list[list[int]]:
-    """Group row indices into batches: equal lengths together unpadded, the odd ones out left-padded together."""
-    by_length: OrderedDict[int, list[int]] = OrderedDict()
-    for idx, length in enumerate(lengths):
-        by_length.setdefault(length, []).append(idx)
-    chunks: list[list[int]] = []
-    singles: list[int] = []
-    for idxs in by_length.values():
-        if len(idxs) >= 2 or max_batch == 1:
-            chunks.extend(_split(idxs, max_batch))
-        else:
-            singles.extend(idxs)
-    singles.sort(key=lambda i: lengths[i])
-    chunks.extend(_split(singles, max_batch))
-    return chunks
+@dataclass(frozen=True)
+class PassShape:
+    """The padded widths of one row's passes; rows with equal shapes (and mode) may share them."""
+
+    phase_a: int  # Phase A ids, left-padded
+    cache: int  # cache entries before Phase B: 1 + D bucket (two_phase) or = phase_a (full, prefix-LM)
+    phase_b: int  # Phase B ids, right-padded
+
+    def as_dict(self) -> dict:
+        return {"phase_a": self.phase_a, "cache": self.cache, "phase_b": self.phase_b}
 
 
-def _split(idxs: list[int], size: int) -> list[list[int]]:
-    return [idxs[i : i + size] for i in range(0, len(idxs), size)]
+def pass_shape(mode: str, layout: RowLayout, buckets: ShapeBuckets) -> PassShape:
+    """The shape a row runs in under `buckets`: a function of the row alone."""
+    phase_a = buckets.phase_a_width(len(layout.phase_a))
+    cache = buckets.phase_a_width(1 + layout.doc_len) if mode == TWO_PHASE else phase_a
+    return PassShape(phase_a, cache, buckets.phase_b_width(len(layout.phase_b)))
 
 
-def _left_pad(seqs: list[tuple[int, ...]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Left-padded ids, per-row pad counts and position ids that start at 0 on each row's first real token."""
-    length = max(len(s) for s in seqs)
+def plan_groups(shapes: Sequence[PassShape]) -> list[list[int]]:
+    """Row indices grouped by pass shape (first-seen order); each group may be cut into passes freely."""
+    groups: OrderedDict[PassShape, list[int]] = OrderedDict()
+    for idx, shape in enumerate(shapes):
+        groups.setdefault(shape, []).append(idx)
+    return list(groups.values())
+
+
+def _left_pad(seqs: list[tuple[int, ...]], pad_id: int, device, width: int | None = None):
+    """Left-padded ids [batch, width], per-row pad counts [batch] and position ids that start at 0 on each row's
+    first real token (pads sit at position 0)."""
+    length = width or max(len(s) for s in seqs)
     pads = torch.tensor([length - len(s) for s in seqs], device=device)  # [batch]
     ids = torch.tensor([(pad_id,) * (length - len(s)) + s for s in seqs], device=device)  # [batch, length]
     positions = (torch.arange(length, device=device)[None, :] - pads[:, None]).clamp(min=0)  # [batch, length]
@@ -179,59 +188,108 @@ def _left_pad(seqs: list[tuple[int, ...]], pad_id: int, device) -> tuple[torch.T
 
 
 @torch.inference_mode()
-def run_phase_a(view: LanguageModelView, mode: str, layouts: list[RowLayout]):
-    """Forward Phase A of a batch on a config-free cache. Returns (cache, pads [batch], padding mask or None)."""
-    ids, pads, positions = _left_pad([lay.phase_a for lay in layouts], layouts[0].phase_a[0], view.device)
+def run_phase_a(view: LanguageModelView, mode: str, layouts: list[RowLayout], *, width: int | None = None,
+                masked: bool = False):
+    """Forward Phase A of a batch on a config-free cache, left-padded to `width` (default: the longest row).
+
+    Returns (cache, pads [batch], padding mask [batch, width] bool or None). An explicit mask is passed when a
+    row is padded, in prefix_lm_bidir, or with `masked` (bucketed passes always mask, see ShapeBuckets).
+    """
+    ids, pads, positions = _left_pad([lay.phase_a for lay in layouts], layouts[0].phase_a[0], view.device, width)
     batch, length = ids.shape
     padded = bool((pads > 0).any())
     padding_mask = (torch.arange(length, device=view.device)[None, :] >= pads[:, None]) if padded else None
     cache = new_phase_a_cache()
     attention = None
-    if padded or mode == PREFIX_LM_BIDIR:
-        masks = phase_a_masks(view, batch=batch, length=length, pads=pads, bidirectional=mode == PREFIX_LM_BIDIR,
-                              cache=cache)
+    if padded or masked or mode == PREFIX_LM_BIDIR:
+        masks = attention_masks(view, batch=batch, length=length, pads=pads, bidirectional=mode == PREFIX_LM_BIDIR,
+                                cache=cache)
         attention = mask_argument(view, masks)
-    view.text_model(input_ids=ids, attention_mask=attention, position_ids=positions, cache=cache, use_cache=True)
+    view.text_model(input_ids=ids, attention_mask=attention, position_ids=positions, use_cache=True,
+                    **cache_kwargs(view.text_model, cache))
     _expect_cache_length(cache, length, "after Phase A")
     return cache, pads, padding_mask
 
 
+def doc_keep_indices(pads: torch.Tensor, layouts: list[RowLayout], width: int) -> torch.Tensor:
+    """Phase A indices to keep per row, left-padded to `width`. -> keep [batch, width]
+
+    Row b keeps ``[filler] * (width - 1 - D) + [BOS] + doc``; BOS sits at index ``pads[b]`` of the padded Phase A,
+    the doc at ``pads[b] + doc_start ...``. Fillers repeat the BOS entry and are masked in Phase B
+    (`selected_cache_pads`).
+    """
+    rows = []
+    for b, lay in enumerate(layouts):
+        fill = width - 1 - lay.doc_len
+        bos = pads[b : b + 1]
+        doc = pads[b] + lay.doc_start + torch.arange(lay.doc_len, device=pads.device)
+        rows.append(torch.cat([bos.expand(fill + 1), doc]))
+    return torch.stack(rows)
+
+
+def selected_cache_pads(layouts: list[RowLayout], width: int) -> torch.Tensor:
+    """Left pads (fillers) of each row's re-rotated cache of `width` entries. -> [batch]"""
+    return torch.tensor([width - 1 - lay.doc_len for lay in layouts])
+
+
 @torch.inference_mode()
-def select_and_rerotate(view: LanguageModelView, cache, pads: torch.Tensor, layouts: list[RowLayout]):
-    """Keep BOS + doc entries of every row and move the doc keys to positions 1..D. -> cache of 1+D."""
-    doc_len = layouts[0].doc_len
-    offsets = torch.arange(doc_len, device=pads.device)
-    keep = torch.stack(
-        [torch.cat([pads[b : b + 1], pads[b] + lay.doc_start + offsets]) for b, lay in enumerate(layouts)]
-    )  # [batch, 1 + D]
-    deltas = torch.tensor([-lay.shift for lay in layouts], device=pads.device)  # [batch]
-    layers = rerotate_span(view, select_entries(layers_of(cache), keep), 1, deltas)
+def select_and_rerotate(view: LanguageModelView, cache, pads: torch.Tensor, layouts: list[RowLayout],
+                        width: int | None = None):
+    """Keep BOS + doc entries of every row and move the doc keys to positions 1..D. -> cache of `width` entries
+    (default 1 + D), left-padded per row by `selected_cache_pads`."""
+    width = width or 1 + max(lay.doc_len for lay in layouts)
+    keep = doc_keep_indices(pads, layouts, width)  # [batch, width]
+    is_doc = torch.arange(width, device=pads.device)[None, :] >= (width - torch.tensor(
+        [lay.doc_len for lay in layouts], device=pads.device))[:, None]  # [batch, width]
+    deltas = torch.tensor([-lay.shift for lay in layouts], device=pads.device)[:, None] * is_doc  # [batch, width]
+    layers = rerotate_span(view, select_entries(layers_of(cache), keep), 0, deltas)
     return cache_from_layers(layers)
+
+
+def _per_row(phase_b, batch: int) -> list[tuple[int, ...]]:
+    """Phase B ids per row: one sequence shared by every row, or one per row."""
+    if phase_b and isinstance(phase_b[0], int):
+        return [tuple(phase_b)] * batch
+    return [tuple(ids) for ids in phase_b]
 
 
 @torch.inference_mode()
 def run_phase_b(
     view: LanguageModelView,
     cache,
-    phase_b: tuple[int, ...],
+    phase_b,
     batch: int,
     start_positions: torch.Tensor,
-    padding_mask: torch.Tensor | None = None,
+    cache_pads: torch.Tensor | None = None,
     mask_override=None,
+    *,
+    width: int | None = None,
+    masked: bool = False,
 ) -> torch.Tensor:
-    """Forward Phase B over `cache`, every row the same ids. Returns final hidden states [batch, Lb, hidden].
+    """Forward Phase B over `cache`. Returns final hidden states [batch, width, hidden].
 
-    start_positions: [batch] position id of each row's first Phase B token. `mask_override` exists for tests
-    that prove a broken mask is caught.
+    phase_b: ids shared by every row, or a list of per-row ids, right-padded to `width` (default: longest);
+    start_positions: [batch] position id of each row's first Phase B token; cache_pads: [batch] left pads of
+    the cache (hidden). Pad tokens follow the real ones, so causality keeps them from every real token.
+    `mask_override` exists for tests that prove a broken mask is caught.
     """
+    rows = _per_row(phase_b, batch)
+    length = width or max(len(r) for r in rows)
     before = cache.get_seq_length()
-    ids = torch.tensor([phase_b], device=view.device).expand(batch, -1)  # [batch, Lb]
-    positions = start_positions.to(view.device)[:, None] + torch.arange(len(phase_b), device=view.device)[None, :]
+    pad_id = rows[0][0]
+    ids = torch.tensor([r + (pad_id,) * (length - len(r)) for r in rows], device=view.device)  # [batch, Lb]
+    positions = start_positions.to(view.device)[:, None] + torch.arange(length, device=view.device)[None, :]
+    if view.max_positions:
+        positions = positions.clamp(max=view.max_positions - 1)  # only right pads can reach past the last position
     attention = mask_override
-    if attention is None and padding_mask is not None:
-        attention = torch.cat([padding_mask, padding_mask.new_ones(batch, len(phase_b))], dim=1).long()
-    out = view.text_model(input_ids=ids, attention_mask=attention, position_ids=positions, cache=cache, use_cache=True)
-    _expect_cache_length(cache, before + len(phase_b), "after Phase B")
+    padded = cache_pads is not None and bool((cache_pads > 0).any())
+    if attention is None and (padded or masked):
+        pads = cache_pads if cache_pads is not None else torch.zeros(batch, dtype=torch.long)
+        attention = mask_argument(view, attention_masks(view, batch=batch, length=length, pads=pads.to(view.device),
+                                                        bidirectional=False, cache=cache))
+    out = view.text_model(input_ids=ids, attention_mask=attention, position_ids=positions, use_cache=True,
+                          **cache_kwargs(view.text_model, cache))
+    _expect_cache_length(cache, before + length, "after Phase B")
     return out.last_hidden_state
 
 
@@ -252,27 +310,34 @@ def _expect_cache_length(cache, expected: int, when: str) -> None:
         )
 
 
-def score_chunk(view: LanguageModelView, mode: str, layouts: list[RowLayout]) -> torch.Tensor:
-    """Phase A + Phase B for rows sharing doc/query/answer. Returns answer NLLs [batch, A]."""
-    return score_chunk_with_cache(view, mode, layouts)[0]
+def score_chunk(view: LanguageModelView, mode: str, layouts: list[RowLayout], shape: PassShape | None = None,
+                masked: bool = False) -> list[torch.Tensor]:
+    """Phase A + Phase B for rows of one pass shape (default: unpadded, all rows alike). -> answer NLLs [A] per row"""
+    return score_chunk_with_cache(view, mode, layouts, shape, masked)[0]
 
 
-def score_chunk_with_cache(view: LanguageModelView, mode: str, layouts: list[RowLayout]):
+def score_chunk_with_cache(view: LanguageModelView, mode: str, layouts: list[RowLayout],
+                           shape: PassShape | None = None, masked: bool = False):
     """`score_chunk` that also returns the final cache (Phase A entries kept + Phase B), for the self-check."""
-    cache, pads, padding_mask = run_phase_a(view, mode, layouts)
+    if shape is None:
+        longest_a = max(len(lay.phase_a) for lay in layouts)
+        cache = 1 + max(lay.doc_len for lay in layouts) if mode == TWO_PHASE else longest_a
+        shape = PassShape(longest_a, cache, max(len(lay.phase_b) for lay in layouts))
+    cache, pads, _ = run_phase_a(view, mode, layouts, width=shape.phase_a, masked=masked)
     batch = len(layouts)
-    first = layouts[0]
     if mode == TWO_PHASE:
-        cache = select_and_rerotate(view, cache, pads, layouts)
-        _expect_cache_length(cache, 1 + first.doc_len, "before Phase B")
-        starts = torch.full((batch,), 1 + first.doc_len)
-        hidden = run_phase_b(view, cache, first.phase_b, batch, starts)
+        cache = select_and_rerotate(view, cache, pads, layouts, shape.cache)
+        cache_pads = selected_cache_pads(layouts, shape.cache)
+        _expect_cache_length(cache, shape.cache, "before Phase B")
+        starts = torch.tensor([1 + lay.doc_len for lay in layouts])
     else:
-        lengths = torch.tensor([len(lay.phase_a) for lay in layouts])
-        _expect_cache_length(cache, int(lengths.max()), "before Phase B")
-        hidden = run_phase_b(view, cache, first.phase_b, batch, lengths, padding_mask)
-    nlls = answer_nlls(view, hidden, first)
-    if not bool(torch.isfinite(nlls).all()):
+        cache_pads = pads
+        _expect_cache_length(cache, shape.phase_a, "before Phase B")
+        starts = torch.tensor([len(lay.phase_a) for lay in layouts])
+    hidden = run_phase_b(view, cache, [lay.phase_b for lay in layouts], batch, starts, cache_pads,
+                         width=shape.phase_b, masked=masked)
+    nlls = [answer_nlls(view, hidden[b : b + 1], lay)[0] for b, lay in enumerate(layouts)]  # each [A_b], per row
+    if not all(bool(torch.isfinite(n).all()) for n in nlls):
         raise TrackerError(
             f"the model produced a non-finite NLL in {view.dtype} on {view.device}",
             hint="rerun with --dtype float32; if it persists the checkpoint or the scorer is broken for this family",
@@ -280,43 +345,9 @@ def score_chunk_with_cache(view: LanguageModelView, mode: str, layouts: list[Row
     return nlls, cache
 
 
-def _is_oom(error: BaseException) -> bool:
-    oom_type = getattr(torch, "OutOfMemoryError", None) or getattr(torch.cuda, "OutOfMemoryError", ())
-    return isinstance(error, oom_type) or "out of memory" in str(error).lower()
-
-
-@dataclass
-class BatchBudget:
-    """The largest batch that fits; halved on every out-of-memory error and kept for later calls."""
-
-    max_batch: int = DEFAULT_MAX_BATCH
-    ooms: int = 0
-
-
-def _score_chunk_adaptive(view, mode, layouts, budget: BatchBudget) -> list[tuple[torch.Tensor, int]]:
-    """(nlls [A], batch size used) per row; on OOM halve the budget and carry on with smaller batches."""
-    done: list[tuple[torch.Tensor, int]] = []
-    remaining = list(layouts)
-    while remaining:
-        batch = remaining[: budget.max_batch]
-        try:
-            nlls = score_chunk(view, mode, batch)
-        except Exception as error:  # noqa: BLE001 - only OOM is handled, everything else re-raised
-            if not _is_oom(error):
-                raise
-            budget.ooms += 1
-            if view.device.type == "cuda":
-                torch.cuda.empty_cache()
-            if len(batch) == 1:
-                raise DeviceError(
-                    f"out of memory scoring a single row of {len(batch[0].phase_a)}+{len(batch[0].phase_b)} "
-                    f"tokens on {view.device}; use a smaller model, a shorter doc budget or a larger device"
-                ) from error
-            budget.max_batch = max(1, len(batch) // 2)
-            continue
-        done.extend((nlls[i], len(batch)) for i in range(len(batch)))
-        remaining = remaining[len(batch) :]
-    return done
+def default_max_batch(device: torch.device) -> int:
+    """Rows per pass: GPUs want many; on a CPU more than ~16 gains nothing."""
+    return DEFAULT_GPU_MAX_BATCH if device.type == "cuda" else DEFAULT_MAX_BATCH
 
 
 @torch.inference_mode()
@@ -328,40 +359,55 @@ def score_rows(
     rows: Sequence[ScoringRow],
     *,
     max_batch: int | None = None,
-    budget: BatchBudget | None = None,
+    budget: AdaptiveBatchSize | None = None,
+    buckets: ShapeBuckets = DEFAULT_BUCKETS,
+    max_tokens: int | None = None,
 ) -> list[RowScore]:
-    """Score rows in `mode`, batched; one RowScore per row, same order."""
+    """Score rows (of any samples) in `mode`; one RowScore per row, same order.
+
+    Rows are grouped by `pass_shape` under `buckets` and every group runs in passes of at most the budget's
+    size (``max_batch`` overrides it for this call) and `max_tokens` Phase A tokens. ``max_batch=1`` is the
+    one-row-per-pass reference: it gives the same numbers (see the module docstring).
+    """
     if mode not in DECODER_MODES:
         raise ValueError(f"not a decoder-only mode: {mode!r} (known: {', '.join(DECODER_MODES)})")
     view = view_of(model)
     if mode == TWO_PHASE:
         check_rope_supported(view)
-    budget = budget or BatchBudget(max_batch or DEFAULT_MAX_BATCH)
     if max_batch is not None:
-        budget.max_batch = max_batch
+        budget = AdaptiveBatchSize(max_batch)
+    budget = budget or AdaptiveBatchSize(default_max_batch(view.device))
     sep = _as_sep(nl_ids)
     layouts = [layout_row(int(bos_id), sep, row) for row in rows]
     for layout in layouts:
         check_fits(view, mode, layout)
+    shapes = [pass_shape(mode, layout, buckets) for layout in layouts]
     results: list[RowScore | None] = [None] * len(rows)
-    groups: OrderedDict[tuple, list[int]] = OrderedDict()
-    for idx, row in enumerate(rows):
-        groups.setdefault(row.same_sample_key, []).append(idx)
     chunk_counter = 0
-    for members in groups.values():
-        for chunk in plan_chunks([len(layouts[i].phase_a) for i in members], budget.max_batch):
-            idxs = [members[i] for i in chunk]
-            chunk_layouts = [layouts[i] for i in idxs]
-            padded = len({len(lay.phase_a) for lay in chunk_layouts}) > 1
-            for idx, (nlls, used) in zip(idxs, _score_chunk_adaptive(view, mode, chunk_layouts, budget)):
-                values = nlls.tolist()
+    for group in plan_groups(shapes):
+        shape = shapes[group[0]]
+        cap = max(1, max_tokens // shape.phase_a) if max_tokens else None
+
+        def run(idxs: list[int], shape=shape) -> list[torch.Tensor]:
+            return score_chunk(view, mode, [layouts[i] for i in idxs], shape, buckets.explicit_masks)
+
+        describe = lambda i: f"a row of {len(layouts[i].phase_a)}+{len(layouts[i].phase_b)} tokens"  # noqa: E731
+        for idxs, nlls in run_in_batches(group, run, budget, view.device, describe=describe, cap=cap):
+            for idx, row_nlls in zip(idxs, nlls):
+                values = row_nlls.tolist()
                 results[idx] = RowScore(
                     token_nlls=values, nll_mean=float(sum(values) / len(values)),
                     phase_a_ids=list(layouts[idx].phase_a), phase_b_ids=list(layouts[idx].phase_b),
-                    batch_size=used, padded=padded, chunk=chunk_counter,
+                    batch_size=len(idxs), padded=_row_padded(layouts[idx], shape, mode), chunk=chunk_counter,
+                    shape=shape,
                 )
             chunk_counter += 1
     return results  # type: ignore[return-value]
+
+
+def _row_padded(layout: RowLayout, shape: PassShape, mode: str) -> bool:
+    cache = 1 + layout.doc_len if mode == TWO_PHASE else len(layout.phase_a)
+    return (shape.phase_a, shape.cache, shape.phase_b) != (len(layout.phase_a), cache, len(layout.phase_b))
 
 
 def score_two_phase(
@@ -374,10 +420,11 @@ def score_two_phase(
     answer_ids: Sequence[int],
     *,
     mode: str = TWO_PHASE,
+    buckets: ShapeBuckets = DEFAULT_BUCKETS,
 ) -> RowScore:
     """Score one row unbatched (the reference path); see `score_rows` for the batched one."""
     row = ScoringRow.of(prefix_ids, doc_ids, query_ids, answer_ids)
-    return score_rows(model, mode, bos_id, nl_ids, [row], max_batch=1)[0]
+    return score_rows(model, mode, bos_id, nl_ids, [row], max_batch=1, buckets=buckets)[0]
 
 
 @torch.inference_mode()

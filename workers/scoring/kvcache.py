@@ -49,7 +49,10 @@ def select_entries(layers: list[LayerKV], keep: torch.Tensor) -> list[LayerKV]:
 def rerotate_span(
     view: LanguageModelView, layers: list[LayerKV], start: int, deltas: torch.Tensor
 ) -> list[LayerKV]:
-    """Rotate the keys at sequence indices `start:` of every layer by each row's delta (values untouched)."""
+    """Rotate the keys at sequence indices `start:` of every layer (values untouched).
+
+    deltas: [batch] (one shift per row) or [batch, seq - start] (one per entry; 0 leaves an entry exactly as is).
+    """
     if bool((deltas == 0).all()):
         return layers
     cos_sin: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}

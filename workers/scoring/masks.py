@@ -1,4 +1,4 @@
-"""Attention masks for the bidirectional prefix-LM Phase A.
+"""Attention masks: the bidirectional prefix-LM Phase A and every padded (bucketed) pass.
 
 A custom 4D mask replaces a model's own per-layer masks, so handing Gemma 3 one
 bidirectional mask would silently drop its sliding window. We therefore build one mask
@@ -12,7 +12,8 @@ limited to ``|q - k| < window`` on sliding layers (Gemma 3's own bidirectional o
 everything else stays causal (and windowed). Left padding is handled by the 2D padding
 mask (`padding_overlay`); indices are sequence indices, which differ from positions only by
 each row's constant padding offset, so distances are unchanged. Padded causal batches use the
-same builder (with no bidirectional region).
+same builder (with no bidirectional region), and so does a padded Phase B over a left-padded cache
+(`cache` then holds the cached entries and ``length`` is the number of new tokens).
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from transformers.masking_utils import (
 )
 
 from tracker.errors import ConfigError
+from workers.scoring.compat import mask_factory_cache_kwargs
 from workers.scoring.lm_view import SLIDING, LanguageModelView
 
 MaskFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -64,7 +66,7 @@ def padding_overlay(pads: torch.Tensor) -> MaskFn:
     return inner
 
 
-def phase_a_masks(
+def attention_masks(
     view: LanguageModelView,
     *,
     batch: int,
@@ -73,21 +75,26 @@ def phase_a_masks(
     bidirectional: bool,
     cache,
 ) -> dict[str, torch.Tensor]:
-    """One Phase A mask per layer type: causal (windowed on sliding layers), left padding hidden, and
-    with `bidirectional` everything after each row's BOS mutually visible. # each [batch, 1, length, length]"""
+    """One mask per layer type for `length` new tokens after what `cache` holds: causal (windowed on sliding
+    layers), each row's first ``pads[b]`` sequence indices hidden, and with `bidirectional` (Phase A only)
+    everything after each row's BOS mutually visible. Always materialised (never sdpa's ``is_causal`` skip).
+    # each [batch, 1, length, cached + length]"""
     embeds = torch.empty((batch, length, 1), dtype=view.dtype, device=view.device)  # only shape/dtype/device are read
     pads = pads.to(view.device)
-    region = region_overlay(pads + 1, torch.full_like(pads, length)) if bidirectional else None
+    cached = cache.get_seq_length()
+    region = region_overlay(pads + 1, torch.full_like(pads, cached + length)) if bidirectional else None
     hide_pads = padding_overlay(pads) if bool((pads > 0).any()) else None
-    common = dict(config=view.text_config, inputs_embeds=embeds, attention_mask=None, cache=cache,
-                  and_mask_function=hide_pads, allow_is_causal_skip=False)
     masks: dict[str, torch.Tensor] = {}
     for layer_type in sorted(set(view.layer_types)):
+        factory = create_sliding_window_causal_mask if layer_type == SLIDING else create_causal_mask
+        common = dict(config=view.text_config, inputs_embeds=embeds, attention_mask=None,
+                      and_mask_function=hide_pads, allow_is_causal_skip=False,
+                      **mask_factory_cache_kwargs(factory, cache))
         if layer_type == SLIDING:
             overlay = None if region is None else and_masks(region, window_overlay(view.sliding_window))
-            masks[layer_type] = create_sliding_window_causal_mask(**common, or_mask_function=overlay)
+            masks[layer_type] = factory(**common, or_mask_function=overlay)
         else:
-            masks[layer_type] = create_causal_mask(**common, or_mask_function=region)
+            masks[layer_type] = factory(**common, or_mask_function=region)
     return masks
 
 
@@ -101,3 +108,6 @@ def mask_argument(view: LanguageModelView, masks: dict[str, torch.Tensor]):
             "masks; prefix_lm_bidir cannot keep its sliding window. Use prefix_lm_causal or another model"
         )
     return masks
+
+
+phase_a_masks = attention_masks  # the Phase A name (empty cache), used by the prefix-LM tracks

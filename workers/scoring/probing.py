@@ -27,7 +27,7 @@ from collections.abc import Sequence
 
 import torch
 
-from workers.scoring.encdec import EncDecLayout
+from workers.scoring.encdec_layout import EncDecLayout
 
 MEAN_OVER_LAYERS = -1
 SEPARATE_TARGETS: tuple[tuple[str, str], ...] = (

@@ -56,14 +56,16 @@ def _attention_scaling(view: LanguageModelView, layer_type: str) -> float | None
 def rotation_cos_sin(
     view: LanguageModelView, layer_type: str, deltas: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Unscaled fp32 cos/sin of R(delta) per batch row. deltas: [batch] -> cos, sin: [batch, 1, 1, head_dim]."""
-    positions = deltas.to(device=view.device, dtype=torch.long).view(-1, 1)  # [batch, 1]
+    """Unscaled fp32 cos/sin of R(delta). deltas: [batch] -> cos, sin: [batch, 1, 1, head_dim];
+    deltas: [batch, n] (one per entry) -> [batch, 1, n, head_dim]."""
+    positions = deltas.to(device=view.device, dtype=torch.long)
+    positions = positions if positions.dim() == 2 else positions.view(-1, 1)  # [batch, n]
     probe = torch.zeros(1, device=view.device, dtype=torch.float32)
     if _rotary_takes_layer_type(view):
         cos, sin = view.rotary(probe, positions, layer_type)
     else:
         cos, sin = view.rotary(probe, positions)
-    cos, sin = cos.float(), sin.float()  # [batch, 1, head_dim]
+    cos, sin = cos.float(), sin.float()  # [batch, n, head_dim]
     scaling = _attention_scaling(view, layer_type)
     if scaling is None:  # derive it: cos^2 + sin^2 == scaling^2 element-wise
         scaling_t = torch.sqrt(cos.square() + sin.square())
