@@ -58,7 +58,7 @@ def _worker_process(url: str, batch: int, ready, results) -> None:
     engine = create_tracker_engine(url)
     options = WorkerOptions(model="test-fake", batch_size=batch, exit_when_empty=True, poll_seconds=0.02,
                             lease_seconds=60)
-    worker = QueueWorker(engine, options, backend_loader=lambda *_: FakeBackend())
+    worker = QueueWorker(engine, options, backend_loader=lambda *_, **__: FakeBackend())
     ready.put(os.getpid())
     cpu = time.process_time()
     done = worker.run()

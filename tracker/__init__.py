@@ -9,7 +9,7 @@ light (no pandas, torch or analysis code until a function is called)::
 """
 from __future__ import annotations
 
-from tracker.version import __version__
+from tracker.version import __version__  # noqa: F401 - the package version
 
 API_NAMES = ("results", "token_nlls", "analyze", "compare", "export", "export_frame", "show", "read_provenance")
 

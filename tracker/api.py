@@ -220,8 +220,8 @@ def export_provenance(experiment: str, frame: pd.DataFrame, db_url: str, *, run:
     """Where an export came from: tracker version, git commit, package versions, database, runs and spec hashes."""
     from importlib import metadata
 
-    from tracker.version import __version__
     from analysis.provenance import absolute_db_url, git_commit, package_versions
+    from tracker.version import __version__
 
     packages = package_versions()
     for name in ("pyarrow", "transformers", "tokenizers"):

@@ -5,7 +5,6 @@ import sys
 
 import click
 
-from tracker.version import __version__
 from tracker.commands import analyze as analyze_commands
 from tracker.commands import db as db_commands
 from tracker.commands import experiments as experiment_commands
@@ -14,6 +13,7 @@ from tracker.commands import results as results_commands
 from tracker.commands import run as run_commands
 from tracker.commands import sql as sql_commands
 from tracker.errors import TrackerError
+from tracker.version import __version__
 
 
 class TrackerGroup(click.Group):

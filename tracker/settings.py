@@ -9,9 +9,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError
-
 from tracker.errors import ConfigError
 
 DEFAULT_DB_URL = "sqlite:///tracker.db"
@@ -59,6 +56,11 @@ def resolve_db_url(explicit: str | None = None) -> str:
     source = "--db" if explicit else (f"${ENV_DB}" if os.environ.get(ENV_DB) else "the default")
     if "://" not in value:
         return _sqlite_path_url(value, source)
+    from sqlalchemy.engine import (
+        make_url,  # here, not at the top: workers import settings without a database stack
+    )
+    from sqlalchemy.exc import ArgumentError
+
     try:
         url = make_url(value)
     except ArgumentError as err:
@@ -94,6 +96,8 @@ def resolve_reader_url(explicit: str | None = None) -> str | None:
 
 def redact_url(url: str) -> str:
     """The URL without its password, for logs and MLflow params."""
+    from sqlalchemy.engine import make_url
+
     return make_url(url).render_as_string(hide_password=True)
 
 

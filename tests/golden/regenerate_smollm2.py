@@ -1,7 +1,7 @@
 """Regenerate tests/golden/smollm2_135m.json: fixed inputs scored with smollm2-135m on CPU fp32.
 
 Run ``python tests/golden/regenerate_smollm2.py`` ONLY when the scoring semantics change on
-purpose, and bump ``workers.scoring.SCORER_VERSION`` in the same commit (the golden test
+purpose, and bump the decoder entry of ``tracker.catalogue.SCORER_VERSIONS`` in the same commit (the golden test
 checks that the file's version equals the scorer's).
 """
 from __future__ import annotations

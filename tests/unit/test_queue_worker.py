@@ -30,7 +30,7 @@ from workers.worker import QueueWorker, WorkerOptions
 def _worker(engine, backend: FakeBackend, queue_ops=queue, selection=None, **options) -> QueueWorker:
     opts = WorkerOptions(model="test-fake", exit_when_empty=True, poll_seconds=0.05, lease_seconds=30, **options)
     extra = {"selection": selection} if selection else {}
-    return QueueWorker(engine, opts, backend_loader=lambda name, device, dtype: backend, queue_ops=queue_ops, **extra)
+    return QueueWorker(engine, opts, backend_loader=lambda name, device, dtype, **kw: backend, queue_ops=queue_ops, **extra)
 
 
 def test_worker_drains_the_queue_with_exact_results(db_url):
@@ -192,7 +192,7 @@ def test_without_model_the_worker_generates_then_scores_loading_each_model_once(
                 "kind": "extract", "prompt_hash": prompt_hash, "generator_model_id": gen_model}}))
     loads = []
 
-    def loader(name, device, dtype):
+    def loader(name, device, dtype, **kw):
         loads.append(name)
         return FakeBackend()
 

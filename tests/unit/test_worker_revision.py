@@ -84,4 +84,5 @@ def test_the_worker_passes_only_a_hub_models_pinned_revision_to_its_loader(sqlit
     for model in (hub, tiny):
         with pytest.raises(_Stop):
             worker._load(model)
-    assert seen == [("google/gemma-3-4b-it", {"revision": "0123abc"}), ("tiny-random-llama", {})]
+    gen = {"generation_batch_size": 16}  # the CPU worker's generation budget reaches every backend
+    assert seen == [("google/gemma-3-4b-it", {"revision": "0123abc", **gen}), ("tiny-random-llama", gen)]

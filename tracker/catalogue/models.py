@@ -30,7 +30,7 @@ WEIGHT_FILES = ("*.safetensors", "*.bin", "*.pt", "*.pth")
 # The scoring semantics each family's scorer implements. Any change to what is scored
 # (segment layout, BOS choice, separators, masks, re-rotation, NLL definition) must change
 # the version, together with the golden file in tests/golden/, in the same commit.
-SCORER_VERSIONS = {DECODER: "dec-2pass-1", ENCDEC: "encdec-1", FAKE: "fake-1"}
+SCORER_VERSIONS = {DECODER: "dec-2pass-2", ENCDEC: "encdec-1", FAKE: "fake-1"}
 
 
 @dataclass(frozen=True)

@@ -135,7 +135,9 @@ class EncDecBackend(ScoringBackend):
 
     def __init__(self, spec: CatalogueEntry, device: str = "cpu", dtype: str | None = None, *,
                  max_batch_rows: int = DEFAULT_MAX_BATCH_ROWS, loaded: LoadedModel | None = None,
-                 revision: str | None = None) -> None:
+                 revision: str | None = None, generation_batch_size: int | None = None) -> None:
+        """``generation_batch_size`` is accepted for the worker's sake: encoder-decoder models
+        generate no surrogates here (their specs use decoder generators)."""
         self.spec = spec
         self.name = spec.name
         self.loaded = loaded if loaded is not None else load_pretrained(

@@ -192,6 +192,7 @@ class QueueWorker:
             return
         log.info("loading model %s (id %d) on %s", model.name, model.id, self.options.device)
         pinned = {"revision": model.revision} if model.source == "hub" and model.revision else {}
+        pinned["generation_batch_size"] = self.options.generation_claim_size
         try:
             backend = self.stop.call(lambda: self.backend_loader(model.name, self.options.device,
                                                                  model.dtype or None, **pinned))
@@ -211,6 +212,10 @@ class QueueWorker:
                 self.engine, self.worker_id, self_check=dict(self.self_checks)))
             raise
         self.self_checks[model.name] = check
+        margins = {name: m.get("share") for name, m in (check.get("margins") or {}).items()}
+        if margins:  # measured / tolerance per probe: how close this device and dtype come to refusing
+            log.info("self-check of %s passed; margins (measured / tolerance): %s", model.name,
+                     ", ".join(f"{name} {share:.0%}" for name, share in margins.items() if share is not None))
         self.describe = dict(backend.describe())
         check_revision(model.name, model.revision, self.describe.get("revision"))
         versions = {"python": sys.version.split()[0], "lease_seconds": self.options.lease_seconds,
