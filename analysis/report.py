@@ -13,12 +13,12 @@ import pandas as pd
 from sqlalchemy import Engine
 
 from analysis import load, stats, tables
-from analysis.plan import AnalysisPlan, normalize_plan
 from analysis.provenance import score_digest
 from analysis.render import render_report
 from analysis.report_data import ReportData, frame_records
 from analysis.tables import EFFECT_COLUMNS, HARDNESS_COLUMNS, Settings
 from analysis.views import ModeView, build_views
+from tracker.specs.plan import AnalysisPlan, normalize_plan
 
 CONVENTIONS = (
     "delta = NLL(reference) - NLL(C), positive = C helps; d = mean(delta)/sd(delta, ddof=1); "

@@ -29,6 +29,7 @@ from scipy import special
 from scipy import stats as sps
 from statsmodels.stats.multitest import multipletests
 
+from tracker.specs.plan import DEFAULT_LENGTH_BINS
 from tracker.specs.schema import hardest_count
 
 MIN_N = 3
@@ -47,7 +48,6 @@ LARGE_D = 5.0
 NOTE_LARGE_D = f"|d|>={LARGE_D:g}: sd near 0, d unstable"
 
 # Answer-length bins of the seed's exp06 (inclusive word counts; None = open end).
-DEFAULT_LENGTH_BINS: tuple[tuple[int, int | None], ...] = ((1, 2), (3, 5), (6, 20), (21, None))
 
 
 @dataclass(frozen=True)

@@ -13,8 +13,8 @@ import numpy as np
 import pandas as pd
 
 from analysis import stats
-from analysis.plan import Factorial
 from analysis.views import POOLED, ModeView
+from tracker.specs.plan import Factorial
 
 EFFECT_COLUMNS = [
     "table", "population", "model", "mode", "dataset", "condition", "reference", "n", "mean_delta",

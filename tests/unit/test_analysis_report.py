@@ -390,7 +390,7 @@ def test_mode_without_reference_borrows_it():
 
 def test_spec_file_vocabulary_is_understood():
     """The shipped specs' analysis sections (baseline, selection, semantic_delta, llm_vs_generic...)."""
-    from analysis.plan import normalize_plan
+    from tracker.specs.plan import normalize_plan
 
     plan = normalize_plan({
         "baseline": "bare",

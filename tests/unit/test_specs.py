@@ -158,3 +158,13 @@ def test_spec_hash_follows_the_work_not_the_prose():
     assert parse_spec(prompt).spec_hash() != base.spec_hash()
     more = _bad(lambda s: s["datasets"][0].update(n=4))
     assert parse_spec(more).spec_hash() != base.spec_hash()
+
+
+def test_a_malformed_analysis_plan_is_refused_when_the_spec_is_read():
+    """The analysis's own plan vocabulary checks the spec at enqueue, before anything is written."""
+    import copy
+
+    data = copy.deepcopy(GOOD)
+    data["analysis"] = {"baseline": "bare", "hard_selection": {"stage": 2, "fraction": 2.0, "by": "bare"}}
+    with pytest.raises(SpecError, match=r"analysis\.hard_selection\.fraction must be in \(0, 1\]"):
+        parse_spec(data)

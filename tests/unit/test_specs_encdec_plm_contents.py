@@ -11,13 +11,13 @@ from helpers.dataset_fixtures import table_counts
 from helpers.synth import write_synthetic_data_dir
 
 from analysis.from_spec import plan_from_spec  # noqa: E402
-from analysis.plan import normalize_plan  # noqa: E402
 from tracker import datasets  # noqa: E402
 from tracker.catalogue import resolve_model  # noqa: E402
 from tracker.cli import cli  # noqa: E402
 from tracker.errors import DatasetError  # noqa: E402
 from tracker.planning import enqueue  # noqa: E402
 from tracker.specs import load_spec, spec_names  # noqa: E402
+from tracker.specs.plan import normalize_plan  # noqa: E402
 from workers.tokenizers import load_tokenizer  # noqa: E402
 
 ED01 = ["bare", "oracle", "random_tokens", "surr_doc", "surr_template"]

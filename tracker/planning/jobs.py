@@ -231,7 +231,7 @@ def write_score_jobs(session: Session, run_id: int | None, stage: int, plans: Se
                     status = JobStatus.blocked
                     deps.append((key, gen_id))
                     result.blocked_on_failed += gen_status[gen_id] == JobStatus.failed
-            rows.append(_score_row(key, p, status))
+            rows.append(_score_job_row(key, p, status))
         bulk_insert(session, Job, rows, ("job_key",))
         score_existing.update(jobs_by_key(session, new_scores))
         bulk_insert(session, JobDependency,
@@ -257,7 +257,7 @@ def _generate_row(key: str, p: ScorePlan) -> dict[str, Any]:
     }
 
 
-def _score_row(key: str, p: ScorePlan, status: JobStatus) -> dict[str, Any]:
+def _score_job_row(key: str, p: ScorePlan, status: JobStatus) -> dict[str, Any]:
     payload: dict[str, Any] = {}
     if p.surrogate is not None:
         payload["surrogate"] = {"kind": p.surrogate.kind, "prompt_hash": p.surrogate.prompt_hash,

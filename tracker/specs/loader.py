@@ -22,7 +22,7 @@ Format (see the shipped ``exp*.yaml`` and ``demo.yaml``)::
     stages:                           # optional; default: one stage with every condition
       - {name: bare, conditions: [bare]}
       - {name: hard, conditions: [...], select: {by: bare, fraction: 0.4}}
-    analysis: {baseline: bare, ...}   # the analysis plan (read by `tracker analyze`, see analysis/plan.py)
+    analysis: {baseline: bare, ...}   # the analysis plan (one vocabulary: tracker/specs/plan.py)
 
 Recipe options are per dataset (its loader's ``recipe_keys``). ``pad_to_tokens`` pads each
 doc with unrelated passages to exactly that many tokens and ``max_doc_tokens`` keeps only
@@ -52,6 +52,7 @@ from tracker.conditions import (
 )
 from tracker.datasets import DATASETS, TOKENIZER_IS_SCORING_MODEL
 from tracker.errors import SpecError, UnknownExperimentError
+from tracker.specs.plan import normalize_plan
 from tracker.specs.schema import (
     DatasetEntry,
     ExperimentSpec,
@@ -343,6 +344,7 @@ def _analysis(raw: Any, conditions: tuple[ConditionDefinition, ...]) -> dict[str
         check(value, f"analysis.structural.{key}")
     if "semantic_delta" in plan:
         check((plan["semantic_delta"] or {}).get("reference"), "analysis.semantic_delta.reference")
+    normalize_plan(plan)  # the analysis's own reading of the plan: a malformed one is refused now
     return plan
 
 

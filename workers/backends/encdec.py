@@ -175,12 +175,8 @@ class EncDecBackend(ScoringBackend):
         encode_cache: dict[str, list[int]] = {}
         prepared = []
         for task in tasks:
-            try:
-                check_mode_allowed(self.spec, task.mode)
-                prepared.append(self._prepare(task, encode_cache))
-            except TrackerError as error:
-                error.job_id = task.job_id  # type: ignore[attr-defined]  # lets the worker fail just this job
-                raise
+            check_mode_allowed(self.spec, task.mode)  # an error fails the call; the worker retries jobs alone
+            prepared.append(self._prepare(task, encode_cache))
         groups: OrderedDict[tuple[Any, bool], list[int]] = OrderedDict()
         for index, item in enumerate(prepared):
             key = (item.task.sample.get("id", item.task.sample.get("source_key")), parse_mode(item.task.mode).probe)

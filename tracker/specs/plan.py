@@ -1,5 +1,8 @@
 """The analysis plan: what an experiment's spec asks the report to compute.
 
+One vocabulary, read here for both the spec loader (a bad plan is refused at enqueue,
+before anything is written) and the analysis (which reads the typed plan).
+
 A plan is a plain dict (from the spec's ``analysis`` section); :func:`normalize_plan`
 checks it and fills defaults so the report code reads typed fields, not dict lookups.
 
@@ -49,8 +52,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from analysis.stats import DEFAULT_LENGTH_BINS
 from tracker.errors import SpecError
+
+# The seed's answer-length bins (words): 1-2, 3-5, 6-20, 21+.
+DEFAULT_LENGTH_BINS: tuple[tuple[int, int | None], ...] = ((1, 2), (3, 5), (6, 20), (21, None))
 
 HARDNESS_CHOICES = ("auto", "bare_nl", "odd_even", "none")
 KNOWN_KEYS = frozenset({
