@@ -53,6 +53,9 @@ CASES = [
     (["status", "--db", "sqlite:///typo.db"], "No database at"),
     (["worker", "--gpu", "0", "--exit-when-empty"], "no GPU 0"),
     (["db", "downgrade", "base"], "drops every tracker table"),
+    (["--db", "mysql://me@127.0.0.1/x", "status"], "does not support 'mysql' databases"),
+    (["--db", "not a url://x", "status"], "is not a database URL"),
+    (["show", "demo", "tq999"], "has no run of experiment 'demo'"),
 ]
 
 
