@@ -53,7 +53,8 @@ def analyze_json(url: str, name: str, out: Path | None = None) -> dict:
     args = ["--db", url, "analyze", name, "--no-mlflow", "--format", "json", "--bootstrap", "50"]
     result = CliRunner().invoke(cli, args + (["--out", str(out)] if out else []))
     assert result.exit_code == 0, result.output
-    return json.loads(result.output)
+    assert "tables and figures written" not in result.stdout  # notes go to stderr: stdout is one JSON document
+    return json.loads(result.stdout)
 
 
 def cohens_d(x: np.ndarray) -> float:

@@ -181,7 +181,7 @@ def test_a_failed_generation_fails_its_dependants_visibly(sqlite_url, data_dir):
     spec_kw = dict(data_dir=data_dir, models=["test-fake"], limit=2, device="cpu")
     enqueue("exp02", db=sqlite_url, **spec_kw, tokenizers=load_tokenizer)
     options = WorkerOptions(device="cpu", model="test-fake", batch_size=64, exit_when_empty=True, poll_seconds=0.01)
-    QueueWorker(get_engine(sqlite_url), options, lambda name, device, dtype: GenerationFails()).run()
+    QueueWorker(get_engine(sqlite_url), options, lambda name, device, dtype, **kw: GenerationFails()).run()
     with session_scope(get_engine(sqlite_url)) as s:
         jobs = s.scalars(select(Job).where(Job.kind != JobKind.select)).all()
         failed_gen = [j for j in jobs if j.kind == JobKind.generate]
