@@ -98,3 +98,20 @@ def test_jobs_that_only_shared_a_claim_with_the_poison_are_retried_alone_first(s
     rows = job_rows(engine)
     assert all(r.status == JobStatus.failed and "stopped heartbeating 2 times" in r.error_message
                for r in rows.values())
+
+
+def test_a_used_up_solo_job_is_never_claimed_again_only_failed(db_url):
+    """No race between the two clocks of a claim: an expired solo job with no attempt left is
+    not taken once more even when fail_used_up's statement read the clock before it expired."""
+    from tracker.queue.claim import claim_expired_alone
+
+    engine = get_engine(db_url)
+    fx = make_jobs(engine, n_samples=1, conditions=["bare"], max_attempts=3)
+    with session_scope(engine) as s:
+        dialect = s.get_bind().dialect.name
+        s.execute(update(Job).values(status=JobStatus.running, attempts=3, lease_token="solo-" + "0" * 32,
+                                     lease_expires_at=clock.db_now(dialect, -1)))
+    with session_scope(engine) as s:
+        assert claim_expired_alone(s, None, fx.model_id, 30) is None
+    assert queue.claim_batch(engine, None, fx.model_id, 10, 30) == []
+    assert job_rows(engine)[fx.job_ids[0]].status == JobStatus.failed

@@ -290,13 +290,22 @@ def _expired(now, by_model: bool):
     return and_(jobs.c.status == S.running, jobs.c.lease_expires_at < now, for_model(jobs, model_id))
 
 
+def _used_up_solo():
+    """Claimed alone, and no attempt left."""
+    return and_(jobs.c.attempts >= jobs.c.max_attempts, jobs.c.lease_token.startswith(SOLO_PREFIX))
+
+
+def _not_used_up_solo():
+    return or_(jobs.c.attempts < jobs.c.max_attempts, jobs.c.lease_token.is_(None),
+               ~jobs.c.lease_token.startswith(SOLO_PREFIX))
+
+
 @functools.lru_cache(maxsize=16)
 def _used_up_statement(dialect: str, by_model: bool) -> Update:
     """Fail used-up solo jobs whose lease expired (built once, like the claim; ``claim_model_id``).
     error_type / error_message are left alone, so RETURNING gives their old values."""
     now = db_now(dialect)
-    used_up = and_(_expired(now, by_model), jobs.c.attempts >= jobs.c.max_attempts,
-                   jobs.c.lease_token.startswith(SOLO_PREFIX))
+    used_up = and_(_expired(now, by_model), _used_up_solo())
     return (FAIL.update(used_up, lease_token=None, lease_expires_at=None, finished_at=now)
             .returning(jobs.c.id, jobs.c.error_type, jobs.c.error_message, jobs.c.worker_id, jobs.c.started_at))
 
@@ -308,7 +317,10 @@ def _first_expired_statement(dialect: str, by_model: bool) -> Select:
         select(jobs.c.id, jobs.c.attempts, jobs.c.max_attempts, jobs.c.lease_token, jobs.c.error_type,
                jobs.c.error_message, jobs.c.worker_id, jobs.c.started_at, workers.c.host, workers.c.pid)
         .select_from(jobs.outerjoin(workers, workers.c.id == jobs.c.worker_id))
-        .where(_expired(db_now(dialect), by_model)).order_by(jobs.c.priority.desc(), jobs.c.id).limit(1)
+        # a used-up solo job is only ever failed (by fail_used_up, whose clock may read it a moment
+        # before it expired), never claimed once more
+        .where(_expired(db_now(dialect), by_model), _not_used_up_solo())
+        .order_by(jobs.c.priority.desc(), jobs.c.id).limit(1)
     )
     return query.with_for_update(skip_locked=True, of=jobs) if dialect == "postgresql" else query
 
