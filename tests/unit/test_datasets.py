@@ -169,7 +169,7 @@ def test_data_dir_from_the_environment(monkeypatch):
 
 
 def test_offline_without_a_local_copy_names_data_dir(monkeypatch, tmp_path):
-    monkeypatch.setattr(ds, "hub_reachable", lambda timeout=3.0: False)
+    monkeypatch.setattr("tracker.datasets.files.hub_reachable", lambda timeout=3.0: False)
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
     with pytest.raises(DatasetError) as err:
