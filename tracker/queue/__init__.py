@@ -35,6 +35,8 @@ from tracker.queue.claim import (
     claim_batch,
     claim_window,
     group_jobs,
+    is_takeover,
+    take_over_expired_job,
 )
 from tracker.queue.complete import (
     Completion,
@@ -106,6 +108,8 @@ from tracker.queue.worker_rows import (
 )
 
 __all__ = [
+    "is_takeover",
+    "take_over_expired_job",
     "fail_model_jobs",
     "UNLOADABLE",
     "claim_tasks",

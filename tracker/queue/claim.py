@@ -230,6 +230,7 @@ def claim_batch(
     lease_seconds: float = DEFAULT_LEASE_SECONDS,
     *,
     kind: JobKind | None = None,
+    take_over_expired: bool = True,
 ) -> list[ClaimedJob]:
     """Claim up to ``n`` claimable jobs of ``model_id`` (plus model-less jobs), whole groups first.
 
@@ -237,17 +238,18 @@ def claim_batch(
     other expired job is claimed alone. Otherwise one statement per dialect marks pending
     jobs running with ``worker_id``, a fresh lease token and ``lease_expires_at = db now +
     lease_seconds``. ``model_id=None`` claims only jobs that need no model; ``kind`` only jobs
-    of that kind. Returns the jobs in group order (ids ascending within a group).
+    of that kind; ``take_over_expired=False`` leaves expired leases to a later claim. Returns
+    the jobs in group order (ids ascending within a group).
     """
     if n < 1:
         return []
     token = uuid.uuid4().hex
 
     def op(session: Session) -> list[ClaimedJob]:
-        fail_used_up(session, model_id)
-        taken_over = claim_expired_alone(session, worker_id, model_id, lease_seconds)
-        if taken_over is not None:
-            return [taken_over]
+        if take_over_expired:
+            taken_over = take_over_expired_job(session, worker_id, model_id, lease_seconds)
+            if taken_over is not None:
+                return [taken_over]
         dialect = dialect_of(session)
         params = {"claim_worker_id": worker_id, "claim_token": token,
                   "lease": offset_param(dialect, lease_seconds)}
@@ -357,6 +359,18 @@ def fail_used_up(session: Session, model_id: int | None) -> list[int]:
                         .values(error_type=LEASE_EXPIRED, error_message=reason, error_traceback=None))
         fail_dependants(session, row.id, f"{LEASE_EXPIRED}: {reason}")
     return sorted(r.id for r in rows)
+
+
+def take_over_expired_job(session: Session, worker_id: int | None, model_id: int | None,
+                          lease_seconds: float) -> ClaimedJob | None:
+    """Expired leases, before any new work: fail the used-up solo ones, claim the first other alone."""
+    fail_used_up(session, model_id)
+    return claim_expired_alone(session, worker_id, model_id, lease_seconds)
+
+
+def is_takeover(batch: Sequence[ClaimedJob]) -> bool:
+    """Whether a claim took over an expired job (a claim of one under a ``solo-`` token)."""
+    return len(batch) == 1 and (batch[0].lease_token or "").startswith(SOLO_PREFIX)
 
 
 def claim_expired_alone(session: Session, worker_id: int | None, model_id: int | None,

@@ -17,7 +17,7 @@ from tracker.contracts import GenerateTask, ScoreTask
 from tracker.db import session_scope
 from tracker.db.schema import Condition, JobKind, Sample, Surrogate
 from tracker.errors import TrackerError
-from tracker.queue.claim import ClaimedJob, claim_batch
+from tracker.queue.claim import ClaimedJob, claim_batch, take_over_expired_job
 
 
 class TaskBuildError(TrackerError):
@@ -130,16 +130,22 @@ def _generate_task(job: ClaimedJob, sample: Sample) -> GenerateTask:
         ) from err
 
 
-def claim_tasks(engine: Engine, worker_id: int, model_id: int | None, n: int,
-                lease_seconds: float, generation_n: int | None = None) -> tuple[list[ClaimedJob], BuiltTasks]:
+def claim_tasks(engine: Engine, worker_id: int, model_id: int | None, n: int, lease_seconds: float,
+                generation_n: int | None = None, take_over_expired: bool = True,
+                ) -> tuple[list[ClaimedJob], BuiltTasks]:
     """Claim a batch and read its tasks in one transaction (a failed read claims nothing).
 
-    With ``generation_n``, generation jobs are claimed first on a budget of their own (up to
-    ``generation_n`` surrogates in one batched ``generate``); otherwise up to ``n`` jobs.
+    Expired leases first (one job, alone; see :mod:`tracker.queue.claim`) unless
+    ``take_over_expired`` is False; then, with ``generation_n``, generation jobs on a budget
+    of their own (up to ``generation_n`` surrogates in one batched ``generate``); otherwise up
+    to ``n`` jobs.
     """
     with session_scope(engine) as session:
-        batch = claim_batch(session, worker_id, model_id, generation_n, lease_seconds,
-                            kind=JobKind.generate) if generation_n else []
+        taken_over = take_over_expired_job(session, worker_id, model_id, lease_seconds) if take_over_expired else None
+        batch = [taken_over] if taken_over is not None else []
+        if not batch and generation_n:
+            batch = claim_batch(session, worker_id, model_id, generation_n, lease_seconds, kind=JobKind.generate,
+                                take_over_expired=False)
         if not batch:
-            batch = claim_batch(session, worker_id, model_id, n, lease_seconds)
+            batch = claim_batch(session, worker_id, model_id, n, lease_seconds, take_over_expired=False)
         return batch, build_tasks(session, batch)

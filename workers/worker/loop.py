@@ -54,6 +54,7 @@ from workers.worker.retry import retry_database
 from workers.worker.signals import StopControl, WorkerInterrupted
 
 log = logging.getLogger("tracker.worker")
+EXPIRY_CHECK_SECONDS = 1.0  # a dead worker's jobs wait at most this long past their lease
 T = TypeVar("T")
 
 
@@ -85,6 +86,8 @@ class QueueWorker:
         self._heartbeat: HeartbeatThread | None = None
         self._warned_no_model = False
         self._loaded: dict[int, tuple[ScoringBackend, dict]] = {}  # model id -> (backend, describe)
+        self._next_expiry_check = 0.0  # monotonic time of the next look for expired leases
+        self._expect_generations = True
 
     # ---- lifecycle
     def run(self) -> int:
@@ -232,9 +235,17 @@ class QueueWorker:
             n = min(n, self.options.max_jobs - self.finished)
             gen_n = min(gen_n, n)
         model_id = self.model.id if self.model is not None else None
+        # Two statements a claim saves at queue speed: expired leases are looked for at most
+        # every EXPIRY_CHECK_SECONDS (at once again after a takeover), and the generation
+        # budget is used while generations are around (they come first in claim order anyway).
+        check_expired = time.monotonic() >= self._next_expiry_check
         batch, built = self._db("claim", lambda: self.queue.claim_tasks(
-            self.engine, self.worker_id, model_id, n, self.options.lease_seconds, generation_n=gen_n),
+            self.engine, self.worker_id, model_id, n, self.options.lease_seconds,
+            generation_n=gen_n if self._expect_generations else None, take_over_expired=check_expired),
             patient=False, default=([], None))
+        if check_expired and not self.queue.is_takeover(batch):
+            self._next_expiry_check = time.monotonic() + EXPIRY_CHECK_SECONDS
+        self._expect_generations = not batch or any(j.kind == JobKind.generate for j in batch)
         if batch:
             self.book.hold(batch)
             log.debug("claimed %d jobs (%s)", len(batch), ", ".join(str(j.id) for j in batch))
