@@ -62,6 +62,7 @@ def analyze_spec(
     mlflow: bool = True,
     mlflow_uri: str | None = None,
     out: str | Path | None = None,
+    dpi: int | None = None,
     bootstrap: int = 1000,
     seed: int = 0,
 ) -> SpecAnalysis:
@@ -81,5 +82,5 @@ def analyze_spec(
     out_dir = None
     if out:
         out_dir = Path(out)
-        write_artifacts(report, out_dir, text, provenance=record)
+        write_artifacts(report, out_dir, text, provenance=record, dpi=dpi)
     return SpecAnalysis(report, uri, logged.run_id if logged else None, out_dir, logged, record)

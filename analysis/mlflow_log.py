@@ -260,7 +260,7 @@ def _experiment_id(client, name: str, tracking_uri: str) -> str:
 
 
 def write_artifacts(report: ReportData, directory: Path, spec_text: str | None, *, figures: bool = True,
-                    provenance: Mapping | None = None, table_json: bool = True) -> None:
+                    provenance: Mapping | None = None, table_json: bool = True, dpi: int | None = None) -> None:
     """Tables (CSV, and JSON records unless MLflow logs them as tables), the text report,
     the spec, ``provenance.json`` and the figures (PNG, PDF, SVG)."""
     tables_dir = directory / "tables"
@@ -278,7 +278,7 @@ def write_artifacts(report: ReportData, directory: Path, spec_text: str | None, 
     if figures:
         from analysis.figures import save_figures
 
-        save_figures(report, directory / "figures")
+        save_figures(report, directory / "figures", **({"dpi": dpi} if dpi else {}))
 
 
 @dataclass

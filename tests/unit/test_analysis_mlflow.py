@@ -318,3 +318,20 @@ def test_out_directory_gets_the_same_provenance(tmp_path):
     write_artifacts(report, tmp_path, None, figures=False, provenance=record)
     assert json.loads((tmp_path / "provenance.json").read_text()) == json.loads(json.dumps(record))
     assert record["inputs"]["n_scores"] == 24 and record["spec_hash"] == "abc"
+
+
+def test_out_figures_follow_the_dpi_asked_for(tmp_path):
+    """``tracker analyze --out DIR --dpi N``: the PNGs have N pixels per inch; PDF and SVG come beside them."""
+    from matplotlib.image import imread
+
+    run = make_run(datasets=("alpha",), n_per_dataset=12, effects={"helps": 0.5}, seed=36)
+    report = build_report(run.results_frame(), {}, experiment="syn", bootstrap=50)
+    write_artifacts(report, tmp_path / "low", None, dpi=100)
+    write_artifacts(report, tmp_path / "high", None, dpi=250)
+    low = sorted((tmp_path / "low" / "figures").glob("*.png"))
+    high = sorted((tmp_path / "high" / "figures").glob("*.png"))
+    assert low and [p.name for p in low] == [p.name for p in high]
+    for a, b in zip(low, high):
+        (ha, wa), (hb, wb) = imread(a).shape[:2], imread(b).shape[:2]
+        assert abs(wb / wa - 2.5) < 0.02 and abs(hb / ha - 2.5) < 0.02, a.name
+        assert a.with_suffix(".pdf").exists() and a.with_suffix(".svg").exists()

@@ -17,12 +17,15 @@ from tracker.specs import load_spec
 @click.option("--mlflow-uri", default=None, metavar="URI",
               help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db beside the tracker's SQLite file).")
 @click.option("--no-mlflow", is_flag=True, help="Do not log to MLflow.")
-@click.option("--out", type=click.Path(file_okay=False), default=None, help="Also write tables, figures and the report here.")
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="Also write tables, figures (PNG, PDF and SVG) and the report here.")
+@click.option("--dpi", type=click.IntRange(min=50, max=1200), default=None,
+              help="Resolution of the PNG figures written with --out (default 200; PDF and SVG are vector).")
 @click.option("--bootstrap", type=int, default=1000, show_default=True, help="Bootstrap resamples for the CIs of d.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the bootstrap.")
 @db_option
 def analyze_cmd(experiment: str, fmt: str, run_id: int | None, mlflow_uri: str | None, no_mlflow: bool,
-                out: str | None, bootstrap: int, seed: int, db: str | None) -> None:
+                out: str | None, dpi: int | None, bootstrap: int, seed: int, db: str | None) -> None:
     """Paired tests and effect sizes of EXPERIMENT (a spec name or a spec file), logged to MLflow.
 
     An experiment that is not complete is analysed on what is there; the report says what
@@ -40,7 +43,7 @@ def analyze_cmd(experiment: str, fmt: str, run_id: int | None, mlflow_uri: str |
     spec = load_spec(experiment)
     engine = get_engine(url, create=False)
     result = analyze_spec(engine, url, spec, run_id=run_id, mlflow=not no_mlflow, mlflow_uri=mlflow_uri,
-                          out=out, bootstrap=bootstrap, seed=seed)
+                          out=out, dpi=dpi, bootstrap=bootstrap, seed=seed)
     click.echo(result.report.to_json() if fmt == "json" else result.report.render_text())
     say = (lambda text: click.echo(text, err=True)) if fmt == "json" else click.echo
     if result.mlflow is not None:
