@@ -40,6 +40,17 @@ def _active_pids(pg_admin, url: str, marker: str) -> list[int]:
             "AND state = 'active' AND query LIKE :q"), {"db": make_url(url).database, "q": f"%{marker}%"}).scalars())
 
 
+def _has_open(pid: int, path: str) -> bool:
+    """Whether process ``pid`` has ``path`` open (a descriptor may close while we look)."""
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            if os.path.realpath(os.readlink(fd)) == path:
+                return True
+        except OSError:
+            continue
+    return False
+
+
 def _wait_until_running(proc: subprocess.Popen, url: str, pg_admin, marker: str) -> None:
     """Until the statement runs: in pg_stat_activity, or (SQLite) the process has the file open."""
     deadline = time.monotonic() + 60
@@ -50,8 +61,7 @@ def _wait_until_running(proc: subprocess.Popen, url: str, pg_admin, marker: str)
             if _active_pids(pg_admin, url, marker):
                 return
         else:
-            fds = Path(f"/proc/{proc.pid}/fd")
-            if any(os.path.realpath(fd) == path for fd in fds.iterdir() if fd.is_symlink()):
+            if _has_open(proc.pid, path):
                 time.sleep(0.5)  # from opening the file to stepping the endless statement
                 return
         time.sleep(0.05)
