@@ -18,7 +18,7 @@ torch_version=${FLOOR_TORCH:-2.13.0}
 env_dir=${FLOOR_ENV:-/tmp/tracker-floor-env}
 python=${PYTHON:-python3}
 
-if [ ! -x "$env_dir/bin/python" ] || ! "$env_dir/bin/python" -c "import accelerate, transformers, sys; sys.exit(transformers.__version__ != '$floor')" 2>/dev/null; then
+if [ ! -x "$env_dir/bin/python" ] || ! "$env_dir/bin/python" -c "import accelerate, transformers, sys; from packaging.version import Version; sys.exit(Version(transformers.__version__) != Version('$floor'))" 2>/dev/null; then
   rm -rf "$env_dir"
   "$python" -m venv "$env_dir"
   "$env_dir/bin/pip" install -q "torch==$torch_version"
