@@ -124,11 +124,13 @@ def quiet_mlflow() -> None:
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 
-def fake_backend_env() -> dict[str, str | None]:
+def fake_backend_env() -> dict[str, str | bool | None]:
     """Test hooks of the ``test-fake`` backend (per-job sleep, a calls log, a condition that fails,
     a self-check that fails)."""
-    return {key: os.environ.get(f"TRACKER_FAKE_{key.upper()}") or None
-            for key in ("sleep", "calls", "fail_condition", "fail_self_check")}
+    hooks: dict = {key: os.environ.get(f"TRACKER_FAKE_{key.upper()}") or None
+                   for key in ("sleep", "calls", "fail_condition")}
+    hooks["fail_self_check"] = flag_is_on("TRACKER_FAKE_FAIL_SELF_CHECK")
+    return hooks
 
 
 def pin_gpu(index: int) -> str:

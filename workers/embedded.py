@@ -26,10 +26,6 @@ from tracker.catalogue.embedded import GGUF_FILE, META_FILE, converted_dir, gguf
 from tracker.catalogue.revisions import file_sha256, gguf_revision
 
 
-def _sha256(path: Path) -> str:
-    return file_sha256(str(path))
-
-
 def _convert_into(target: Path, source: Path) -> None:
     """Dequantize the GGUF and save model + tokenizer + provenance into `target` (an empty folder)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -43,7 +39,7 @@ def _convert_into(target: Path, source: Path) -> None:
     fresh.load_state_dict(quantized.state_dict())
     fresh.save_pretrained(target)
     tokenizer.save_pretrained(target)
-    meta = {"source": GGUF_FILE, "gguf_sha256": _sha256(source), "format": "safetensors fp32"}
+    meta = {"source": GGUF_FILE, "gguf_sha256": file_sha256(str(source)), "format": "safetensors fp32"}
     (target / META_FILE).write_text(json.dumps(meta, indent=2))
 
 

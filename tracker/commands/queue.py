@@ -57,12 +57,12 @@ def worker_cmd(gpu: int | None, device: str | None, model: str | None, batch_siz
     """
     import logging
 
+    from tracker.catalogue import device_string
     from workers.devices import available_device, pin_gpu
     from workers.worker import QueueWorker, WorkerOptions, configure_logging
 
     configure_logging(logging.DEBUG if verbose else logging.INFO)
-    if gpu is not None and device is not None:
-        available_device(gpu, device)  # the "either --gpu or --device" error
+    device_string(gpu, device)  # syntax first: "either --gpu or --device", an unknown device name
     resolved, physical = pin_gpu(gpu) if gpu is not None else (available_device(None, device), None)
     options = WorkerOptions(
         device=resolved, physical_gpu=physical, model=model, batch_size=batch_size,

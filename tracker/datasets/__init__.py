@@ -71,7 +71,6 @@ from tracker.datasets.files import (
     local_roots,
     read_local_file,
     read_local_rows,
-    resolve_data_dir,
 )
 from tracker.datasets.padding import (
     TokenizerLoader,
@@ -144,7 +143,6 @@ __all__ = [
     "read_local_rows",
     "recipe_hash",
     "recipe_tokenizer",
-    "resolve_data_dir",
     "sampling_order",
     "truncate_words",
 ]

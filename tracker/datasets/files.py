@@ -23,11 +23,6 @@ from tracker.errors import DatasetError
 
 # --- reading rows ------------------------------------------------------------------------
 
-def resolve_data_dir(explicit: str | os.PathLike[str] | None = None) -> Path | None:
-    """``--data-dir``, else ``$TRACKER_DATA_DIR``, else None (use the hub)."""
-    return settings.data_dir(explicit)
-
-
 def _split_files(root: Path, split: str, *, recursive: bool) -> list[Path]:
     """Files of ``split`` under ``root``: named ``<split>``, ``<split>-*``, ``<split>_*`` or ``<split>.*``,
     or inside a folder named ``<split>`` (hidden folders such as ``.cache`` skipped)."""
@@ -215,7 +210,7 @@ def load_raw_rows(name: str, split: str | None = None, data_dir: str | os.PathLi
     if info.hub_id is None:
         text = resources.files("tracker.data").joinpath(f"{name}.jsonl").read_text(encoding="utf-8")
         return [json.loads(line) for line in text.splitlines() if line.strip()]
-    root = resolve_data_dir(data_dir)
+    root = settings.data_dir(data_dir)
     if root is not None:
         files = find_local_files(root, info, split)
         if not files:

@@ -7,6 +7,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from tracker import settings
 from tracker.datasets.catalog import (
     MappedRow,
     PreparedSample,
@@ -16,7 +17,7 @@ from tracker.datasets.catalog import (
     partner_order,
     recipe_hash,
 )
-from tracker.datasets.files import load_raw_rows, resolve_data_dir
+from tracker.datasets.files import load_raw_rows
 from tracker.datasets.padding import (
     TokenizerLoader,
     clear_padding_cache,
@@ -93,7 +94,7 @@ def _load_prepared_counted(name: str, *, split: str | None, recipe: Mapping[str,
                            data_dir: str | os.PathLike[str] | None,
                            tokenizers: TokenizerLoader | None) -> tuple[list[PreparedSample], int]:
     full = build_recipe(name, split, recipe)
-    root = resolve_data_dir(data_dir)
+    root = settings.data_dir(data_dir)
     key = content_hash([full, str(root) if root else None])
     if key not in _prepared_cache:
         rows = load_raw_rows(name, full["split"], root)

@@ -293,13 +293,9 @@ def _expired(now, by_model: bool):
 
 
 def _used_up_solo():
-    """Claimed alone, and no attempt left."""
-    return and_(jobs.c.attempts >= jobs.c.max_attempts, jobs.c.lease_token.startswith(SOLO_PREFIX))
-
-
-def _not_used_up_solo():
-    return or_(jobs.c.attempts < jobs.c.max_attempts, jobs.c.lease_token.is_(None),
-               ~jobs.c.lease_token.startswith(SOLO_PREFIX))
+    """Claimed alone, and no attempt left (never NULL, so its negation is exact)."""
+    return and_(jobs.c.attempts >= jobs.c.max_attempts,
+                func.coalesce(jobs.c.lease_token, "").startswith(SOLO_PREFIX))
 
 
 @functools.lru_cache(maxsize=16)
@@ -321,7 +317,7 @@ def _first_expired_statement(dialect: str, by_model: bool) -> Select:
         .select_from(jobs.outerjoin(workers, workers.c.id == jobs.c.worker_id))
         # a used-up solo job is only ever failed (by fail_used_up, whose clock may read it a moment
         # before it expired), never claimed once more
-        .where(_expired(db_now(dialect), by_model), _not_used_up_solo())
+        .where(_expired(db_now(dialect), by_model), ~_used_up_solo())
         .order_by(jobs.c.priority.desc(), jobs.c.id).limit(1)
     )
     return query.with_for_update(skip_locked=True, of=jobs) if dialect == "postgresql" else query

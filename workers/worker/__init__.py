@@ -6,11 +6,11 @@ computed results), ``retry`` (database outages), ``logs``.
 """
 from __future__ import annotations
 
-from workers.worker.loading import check_revision, load_backend
+from workers.worker.loading import check_revision
 from workers.worker.logs import configure_logging
 from workers.worker.loop import QueueWorker
 from workers.worker.options import WorkerOptions
 from workers.worker.signals import StopControl, WorkerInterrupted
 
 __all__ = ["QueueWorker", "StopControl", "WorkerInterrupted", "WorkerOptions", "check_revision", "configure_logging",
-           "load_backend"]
+]

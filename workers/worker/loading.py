@@ -1,20 +1,12 @@
-"""Loading a model's backend and checking that its weights are the revision its jobs pin.
+"""Checking that a loaded backend's weights are the revision its jobs pin
+(backends themselves come from :func:`workers.backends.get_backend`).
 """
 from __future__ import annotations
-
-from typing import Any
 
 from tracker.catalogue import revision_matches
 from tracker.errors import (
     ConfigError,
 )
-from workers.backends import get_backend
-from workers.backends.base import ScoringBackend
-
-
-def load_backend(model_name: str, device: str, dtype: str | None, **kw: Any) -> ScoringBackend:
-    """The backend for a model name (``kw`` goes to it: ``revision=`` pins a hub model's weights)."""
-    return get_backend(model_name, device, dtype, **kw)
 
 
 def check_revision(name: str, wanted: str | None, loaded: str | None) -> None:

@@ -37,11 +37,12 @@ from tracker.errors import (
 )
 from tracker.planning.stages import select_for_job
 from tracker.queue import ClaimedJob
+from workers.backends import get_backend
 from workers.backends.base import ScoringBackend
 from workers.devices import device_product_name
 from workers.worker.heartbeat import HeartbeatThread
 from workers.worker.leases import LeaseBook
-from workers.worker.loading import check_revision, load_backend
+from workers.worker.loading import check_revision
 from workers.worker.logs import first_line, tracker_version
 from workers.worker.options import WorkerOptions
 from workers.worker.results import (
@@ -62,7 +63,7 @@ class QueueWorker:
     """One worker process's loop; :meth:`run` returns the number of jobs this worker finished."""
 
     def __init__(self, engine: Engine, options: WorkerOptions,
-                 backend_loader: Callable[[str, str, str | None], ScoringBackend] = load_backend,
+                 backend_loader: Callable[..., ScoringBackend] = get_backend,
                  queue_ops: Any = queue,
                  selection: Callable[[Any, int], Any] = select_for_job) -> None:
         """``queue_ops`` is the queue layer the loop asks (the :mod:`tracker.queue` package) and
@@ -194,11 +195,11 @@ class QueueWorker:
                                                                      model_name=model.name))
             return
         log.info("loading model %s (id %d) on %s", model.name, model.id, self.options.device)
-        pinned = {"revision": model.revision} if model.source == "hub" and model.revision else {}
-        pinned["generation_batch_size"] = self.options.generation_claim_size
+        backend_kwargs = {"revision": model.revision} if model.source == "hub" and model.revision else {}
+        backend_kwargs["generation_batch_size"] = self.options.generation_claim_size
         try:
             backend = self.stop.call(lambda: self.backend_loader(model.name, self.options.device,
-                                                                 model.dtype or None, **pinned))
+                                                                 model.dtype or None, **backend_kwargs))
         except ModelUnusable as err:  # the same on every machine: its jobs would wait forever
             error_type = type(err).__name__
             message = f"model {model.name} cannot be loaded: {err.args[0]}" + (f" Hint: {err.hint}" if err.hint else "")
